@@ -1,0 +1,5 @@
+import sys
+
+from bnviz.cli import main
+
+sys.exit(main())

@@ -1,0 +1,145 @@
+"""Presets: published setups as data, one registry (``PRESETS``) for the CLI and the app.
+
+Each preset has a title, a "predict, then run" note (ask yourself what will happen
+before pressing Start), its source, and the claim it lets you check. Where a source gives
+no number, the preset chooses one and its note says so. See ../docs/EXPERIMENTS.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from bnviz.config import Comparison, RunConfig
+from bnviz.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    title: str
+    note: str  # predict, then run
+    source: str
+    claim: str
+    base: dict[str, Any]  # fields every variant shares
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # what each variant changes
+
+    def comparison(self) -> Comparison:
+        base = RunConfig.from_dict(self.base)
+        return Comparison({n: RunConfig.from_dict(ch, base=base) for n, ch in self.variants.items()})
+
+
+_FIG1 = dict(dataset="mnist", model="mlp", depth=3, width=100, activation="sigmoid", optimizer="sgd",
+             batch_size=60, init="normal")
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset(
+        name="paper-fig1",
+        title="Ioffe & Szegedy 2015, Figure 1: MNIST, 3x100 sigmoid, with and without BN",
+        note=("Predict: which net reaches 95% test accuracy first, and does the input to a last-layer "
+              "sigmoid keep its median and spread without BN? The paper gives neither learning rate nor "
+              "init std; bnviz uses SGD at lr 0.5 and N(0, 0.1) weights, values at which both nets train "
+              "(see docs/EXPERIMENTS.md). 50,000 steps of batch 60, test accuracy every 500 steps."),
+        source="Ioffe & Szegedy 2015, arXiv 1502.03167, Figure 1",
+        claim="BN trains faster and higher; without BN the sigmoid input drifts in mean and variance.",
+        base=dict(_FIG1, lr=0.5, init_scale=0.1, steps=50_000, eval_every=500),
+        variants={"plain": {"norm": "none"}, "bn": {"norm": "batch", "placement": "before"}},
+    ),
+    Preset(
+        name="quick-look",
+        title="A one-minute look: the paper's network on the bundled MNIST subset",
+        note=("Predict: in 3,000 steps, whose loss falls first, and whose layer distributions stay centred? "
+              "The same net as paper-fig1 on 4,000 bundled digits, so it starts instantly and offline."),
+        source="Ioffe & Szegedy 2015 (shortened)",
+        claim="BN's test accuracy leads early; its pre-activations stay near zero mean, unit spread.",
+        base=dict(_FIG1, dataset="mnist-mini", lr=0.5, init_scale=0.1, steps=3_000, eval_every=100),
+        variants={"plain": {"norm": "none"}, "bn": {"norm": "batch"}},
+    ),
+    Preset(
+        name="deep-sigmoid",
+        title="Ten sigmoid layers: vanishing gradients without BN",
+        note=("Predict: with 10 sigmoid layers, how do the gradient norms of hidden1 and hidden10 compare "
+              "without BN? Does the plain net learn at all in 3,000 steps?"),
+        source="Ioffe & Szegedy 2015, section 4.2 (sigmoid nets train only with BN); depth chosen by bnviz",
+        claim="Without BN the first layers' gradients are orders of magnitude smaller and the loss stalls; BN trains.",
+        base=dict(_FIG1, dataset="mnist-mini", depth=10, lr=0.5, init="xavier", init_scale=1.0, steps=3_000),
+        variants={"plain": {"norm": "none"}, "bn": {"norm": "batch"}},
+    ),
+    Preset(
+        name="high-lr",
+        title="A learning rate 10x too high: plain diverges or stalls, BN copes",
+        note=("Predict: at lr 5 (ten times paper-fig1's), which net still learns? Watch the update-to-weight "
+              "ratio and the saturated sigmoid inputs of the plain net."),
+        source="Ioffe & Szegedy 2015, section 3.3; Bjorck et al. 2018, arXiv 1806.02375",
+        claim="BN allows far larger learning rates; without BN large updates blow the activations up.",
+        base=dict(_FIG1, dataset="mnist-mini", activation="relu", init="kaiming", init_scale=1.0, lr=1.0,
+                  steps=2_000),
+        variants={"plain": {"norm": "none"}, "bn": {"norm": "batch"}},
+    ),
+    Preset(
+        name="placement",
+        title="BN before vs after the nonlinearity",
+        note=("Predict: the paper puts BN before the nonlinearity; practice reports both work. Which of the "
+              "two trains faster here, and how do their pre-activation distributions differ?"),
+        source="Ioffe & Szegedy 2015, section 3.2; common practice",
+        claim="Both placements train; before keeps the nonlinearity's input normalized, after normalizes its output.",
+        base=dict(_FIG1, dataset="mnist-mini", activation="relu", init="kaiming", init_scale=1.0, lr=0.1,
+                  steps=3_000),
+        variants={"plain": {"norm": "none"}, "before": {"norm": "batch", "placement": "before"},
+                  "after": {"norm": "batch", "placement": "after"}},
+    ),
+    Preset(
+        name="noisy-bn",
+        title="Santurkar et al. 2018: BN with injected noise still trains",
+        note=("Predict: noisy BN shifts and scales every unit by random amounts each step, so its layer "
+              "distributions are LESS stable than the plain net's. Will it train like plain, or like BN?"),
+        source="Santurkar, Tsipras, Ilyas, Madry 2018, arXiv 1805.11604, section 2",
+        claim="Noisy BN trains about as well as BN despite more distribution shift: stability is not the reason.",
+        base=dict(_FIG1, dataset="mnist-mini", lr=0.5, init_scale=0.1, steps=3_000),
+        variants={"plain": {"norm": "none"}, "bn": {"norm": "batch"}, "noisy": {"norm": "noisy_batch"}},
+    ),
+    Preset(
+        name="small-batch",
+        title="Batch of 4: BN vs LayerNorm, GroupNorm and Batch Renorm",
+        note=("Predict: with 4 examples per batch, batch statistics are noisy. Which normalization "
+              "suffers, and does Batch Renorm recover the gap?"),
+        source="Wu & He 2018, arXiv 1803.08494; Ioffe 2017, arXiv 1702.03275",
+        claim="BN degrades at small batch; LayerNorm, GroupNorm and Batch Renorm hold up better.",
+        base=dict(_FIG1, dataset="mnist-mini", activation="relu", init="kaiming", init_scale=1.0, lr=0.05,
+                  batch_size=4, steps=3_000, renorm_warmup=500),
+        variants={"bn": {"norm": "batch"}, "layer": {"norm": "layer"}, "group": {"norm": "group"},
+                  "renorm": {"norm": "batch_renorm"}},
+    ),
+    Preset(
+        name="conv",
+        title="A small CNN with BatchNorm2d (per channel over N x H x W) vs none",
+        note=("Predict: in a 4-layer CNN, BN normalizes each channel over the batch and all positions. "
+              "How do the channel distributions and the test accuracy of the two nets differ?"),
+        source="Ioffe & Szegedy 2015, section 3.2",
+        claim="The BN CNN trains faster and its channel pre-activations stay normalized.",
+        base=dict(dataset="mnist-mini", model="cnn", depth=4, width=16, activation="relu", init="kaiming",
+                  init_scale=1.0, optimizer="sgd", lr=0.05, batch_size=32, steps=1_500, eval_every=100),
+        variants={"plain": {"norm": "none"}, "bn": {"norm": "batch"}},
+    ),
+)}
+
+
+def get(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ConfigError(f"preset: unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def resolve(pairs: Iterable[str | tuple[str, str]], default: str | None = None) -> Comparison:
+    """A comparison from flat pairs that may name a ``preset`` (the base) and override fields."""
+    preset, named, rest = default, False, []
+    for p in pairs:
+        key, value = p if isinstance(p, tuple) else (p.partition("=")[0], p.partition("=")[2])
+        if key.strip() != "preset":
+            rest.append(p)
+        elif named:
+            raise ConfigError("preset: given more than once")
+        else:
+            preset, named = value.strip(), True
+    base = get(preset).comparison() if preset else None
+    return Comparison.from_flat(rest, base=base)

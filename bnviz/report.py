@@ -1,0 +1,38 @@
+"""A self-contained HTML report of a run: every figure, the config and the notices.
+
+plotly.js is inlined once, so the file opens offline, e.g. on a classroom projector.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+
+from bnviz.figures import FIGURES
+from bnviz.runlog import RunSnapshot
+
+
+def to_html(snap: RunSnapshot, title: str = "bnviz run", note: str | None = None) -> str:
+    parts = []
+    for i, spec in enumerate(FIGURES):
+        fig_html = spec.build(snap).to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False,
+                                            config={"displaylogo": False})
+        parts.append(f"<section>{fig_html}<p class='caption'>{html.escape(spec.caption)}</p></section>")
+    status = "".join(
+        f"<li><b>{html.escape(n)}</b>: {html.escape(v.status)} at step {v.step}"
+        + (f" (diverged at step {v.diverged_at})" if v.diverged_at is not None else "") + "</li>"
+        for n, v in snap.variants.items()
+    )
+    notices = "".join(f"<li>{html.escape(n)}</li>" for n in snap.notices)
+    config = json.dumps({n: v.config for n, v in snap.variants.items()}, indent=2)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:Inter,Segoe UI,Helvetica,Arial,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}}
+.caption{{color:#555;margin:0 0 2em 1em}} pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style></head>
+<body><h1>{html.escape(title)}</h1>
+{f"<p>{html.escape(note)}</p>" if note else ""}
+<ul>{status}</ul>{f"<h3>Notices</h3><ul>{notices}</ul>" if notices else ""}
+{''.join(parts)}
+<h2>Configuration</h2><pre>{html.escape(config)}</pre>
+<p>Made with bnviz.</p></body></html>
+"""

@@ -1,0 +1,248 @@
+"""RunLog: the bounded, thread-safe store of what a run recorded, and its tidy export.
+
+The trainer appends blocks of rows; readers take a ``snapshot()`` (a copy made under a
+lock in microseconds), so drawing never blocks training and training never waits for a
+chart. Each table keeps at most ``capacity`` rows: when full, neighbouring rows are
+averaged pairwise and the bucket size doubles. A run of a million steps therefore keeps
+the same few thousand points as a run of ten thousand, with the shape of every curve.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from bnviz.metrics import DIVERGED, EVAL_METRICS, LAYER_METRICS, STEP_METRICS
+
+SCALAR_CAPACITY = 2048
+EVAL_CAPACITY = 1024
+HIST_CAPACITY = 512
+
+
+class DecimatedTable:
+    """Rows of floats indexed by step, at most ``capacity`` kept; buckets double when full.
+
+    A stored row is the mean of the ``stride`` consecutive rows of its bucket, labelled by
+    the bucket's last step.
+    """
+
+    def __init__(self, width: int, capacity: int, dtype=np.float32):
+        if capacity < 2 or capacity % 2:
+            raise ValueError("capacity must be even and >= 2")
+        self.capacity, self.stride, self.n = capacity, 1, 0
+        self.steps = np.zeros(capacity, dtype=np.int64)
+        self.values = np.zeros((capacity, width), dtype=dtype)
+        self._acc = np.zeros(width, dtype=np.float64)  # sum of the open bucket
+        self._acc_n = 0
+
+    def append(self, steps: np.ndarray, rows: np.ndarray) -> None:
+        """Append rows (k, width) recorded at ``steps`` (k,)."""
+        for step, row in zip(steps, rows):
+            if self.stride == 1:  # fast path: no bucket to fill
+                self._commit(int(step), row)
+                continue
+            self._acc += row
+            self._acc_n += 1
+            if self._acc_n == self.stride:
+                self._commit(int(step), self._acc / self._acc_n)
+                self._acc[:] = 0
+                self._acc_n = 0
+
+    def _commit(self, step: int, row: np.ndarray) -> None:
+        if self.n == self.capacity:
+            half = self.capacity // 2
+            self.values[:half] = (self.values[0::2] + self.values[1::2]) / 2
+            self.steps[:half] = self.steps[1::2]
+            self.n, self.stride = half, self.stride * 2
+        self.steps[self.n] = step
+        self.values[self.n] = row
+        self.n += 1
+
+    def copy(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.steps[: self.n].copy(), self.values[: self.n].copy()
+
+    @property
+    def nbytes(self) -> int:
+        return self.steps.nbytes + self.values.nbytes + self._acc.nbytes
+
+
+@dataclass
+class VariantLog:
+    name: str
+    config: dict
+    layers: list[str]
+    scalars: DecimatedTable
+    evals: DecimatedTable
+    hists: DecimatedTable
+    status: str = "running"  # running | finished | diverged | failed | stopped
+    step: int = 0
+    diverged_at: int | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class VariantSnapshot:
+    """A copy of one variant's record. Arrays: steps (n,), per-layer metrics (n, L)."""
+
+    name: str
+    config: dict
+    layers: list[str]
+    status: str
+    step: int
+    diverged_at: int | None
+    message: str | None
+    steps: np.ndarray
+    series: dict[str, np.ndarray]  # STEP_METRICS -> (n,), LAYER_METRICS -> (n, L)
+    eval_steps: np.ndarray
+    evals: dict[str, np.ndarray]  # EVAL_METRICS -> (m,)
+    hist_steps: np.ndarray
+    hists: np.ndarray  # (h, L, bins) fraction per bin
+    hist_edges: np.ndarray  # (bins + 1,)
+
+
+@dataclass(frozen=True)
+class Event:
+    step: int
+    variant: str | None  # None: all variants
+    text: str
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    variants: dict[str, VariantSnapshot]
+    events: list[Event]
+    state: str
+    steps_per_s: float
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def step(self) -> int:
+        return max((v.step for v in self.variants.values()), default=0)
+
+
+class RunLog:
+    """Everything one comparison recorded; written by one trainer, read by anyone."""
+
+    def __init__(self, hist_edges: np.ndarray):
+        self._lock = threading.Lock()
+        self._variants: dict[str, VariantLog] = {}
+        self._events: list[Event] = []
+        self._notices: list[str] = []
+        self.hist_edges = np.asarray(hist_edges, dtype=np.float32)
+        self.state = "idle"
+        self._rate = (time.perf_counter(), 0, 0.0)  # (time, step, steps/s)
+
+    def add_variant(self, name: str, config: dict, layers: list[str]) -> None:
+        width = len(STEP_METRICS) + len(layers) * len(LAYER_METRICS)
+        with self._lock:
+            self._variants[name] = VariantLog(
+                name, config, list(layers),
+                DecimatedTable(width, SCALAR_CAPACITY),
+                DecimatedTable(len(EVAL_METRICS), EVAL_CAPACITY),
+                DecimatedTable(len(layers) * (len(self.hist_edges) - 1), HIST_CAPACITY),
+            )
+
+    # writers (the trainer) -------------------------------------------------------------
+    def append_steps(self, name: str, steps: np.ndarray, rows: np.ndarray) -> None:
+        with self._lock:
+            v = self._variants[name]
+            v.scalars.append(steps, rows)
+            if len(steps):
+                v.step = int(steps[-1])
+
+    def append_eval(self, name: str, step: int, loss: float, acc: float) -> None:
+        with self._lock:
+            self._variants[name].evals.append(np.array([step]), np.array([[loss, acc]]))
+
+    def append_hist(self, name: str, steps: np.ndarray, hists: np.ndarray) -> None:
+        with self._lock:
+            self._variants[name].hists.append(steps, hists.reshape(len(steps), -1))
+
+    def set_status(self, name: str, status: str, message: str | None = None, diverged_at: int | None = None) -> None:
+        with self._lock:
+            v = self._variants[name]
+            v.status, v.message = status, message
+            if diverged_at is not None:
+                v.diverged_at = diverged_at
+
+    def add_event(self, step: int, text: str, variant: str | None = None) -> None:
+        with self._lock:
+            self._events.append(Event(step, variant, text))
+            del self._events[:-200]  # bounded like everything else
+
+    def add_notice(self, text: str) -> None:
+        with self._lock:
+            if text not in self._notices:
+                self._notices.append(text)
+
+    def mark_progress(self, step: int) -> None:
+        """Update the steps/s estimate (exponential average, so the number is steady)."""
+        now = time.perf_counter()
+        with self._lock:
+            t0, s0, rate = self._rate
+            if step > s0 and now > t0:
+                inst = (step - s0) / (now - t0)
+                rate = inst if rate == 0 else 0.7 * rate + 0.3 * inst
+                self._rate = (now, step, rate)
+
+    # readers ---------------------------------------------------------------------------
+    def snapshot(self) -> RunSnapshot:
+        with self._lock:
+            copies = {
+                n: (v, v.scalars.copy(), v.evals.copy(), v.hists.copy(), v.status, v.step, v.diverged_at, v.message)
+                for n, v in self._variants.items()
+            }
+            events, notices, state, rate = list(self._events), list(self._notices), self.state, self._rate[2]
+        variants = {}
+        for n, (v, (steps, rows), (esteps, evals), (hsteps, hists), status, step, dv, msg) in copies.items():
+            n_layers = len(v.layers)
+            series = {m: rows[:, i] for i, m in enumerate(STEP_METRICS)}
+            per_layer = rows[:, len(STEP_METRICS):].reshape(len(rows), n_layers, len(LAYER_METRICS))
+            series.update({m: per_layer[:, :, j] for j, m in enumerate(LAYER_METRICS)})
+            variants[n] = VariantSnapshot(
+                name=n, config=v.config, layers=v.layers, status=status, step=step, diverged_at=dv, message=msg,
+                steps=steps, series=series, eval_steps=esteps,
+                evals={m: evals[:, i] for i, m in enumerate(EVAL_METRICS)},
+                hist_steps=hsteps, hists=hists.reshape(len(hsteps), n_layers, len(self.hist_edges) - 1), hist_edges=self.hist_edges,
+            )
+        return RunSnapshot(variants, events, state, rate, notices)
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(t.nbytes for v in self._variants.values() for t in (v.scalars, v.evals, v.hists))
+
+
+# tidy export -----------------------------------------------------------------------------
+CSV_HEADER = ("variant", "step", "layer", "metric", "value")
+
+
+def tidy_rows(snap: RunSnapshot) -> Iterator[tuple[str, int, str, str, float]]:
+    """(variant, step, layer, metric, value) rows; layer is '' for whole-network metrics."""
+    for name, v in snap.variants.items():
+        for i, step in enumerate(v.steps.tolist()):
+            for m in STEP_METRICS:
+                yield name, step, "", m, float(v.series[m][i])
+            for j, layer in enumerate(v.layers):
+                for m in LAYER_METRICS:
+                    yield name, step, layer, m, float(v.series[m][i, j])
+        for i, step in enumerate(v.eval_steps.tolist()):
+            for m in EVAL_METRICS:
+                yield name, step, "", m, float(v.evals[m][i])
+        if v.diverged_at is not None:
+            yield name, v.diverged_at, "", DIVERGED, 1.0
+
+
+def to_csv(snap: RunSnapshot) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+    for variant, step, layer, metric, value in tidy_rows(snap):
+        writer.writerow((variant, step, layer, metric, str(np.float32(value))))  # shortest float32 text
+    return buf.getvalue()

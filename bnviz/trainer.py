@@ -1,0 +1,382 @@
+"""Lockstep training of every variant of a comparison on the same batches, instrumented.
+
+Each step, every live variant takes one optimizer step on the same mini-batch (variants
+that share dataset, batch size and seed share one sampler). Probe results stay on the
+device in a row buffer; every ``flush_every`` steps one copy moves the block to the host
+and into the RunLog. That is also where divergence is detected: the first non-finite
+train loss marks the variant diverged at that step and it stops; the others go on.
+
+Run it synchronously (``run()``, for the CLI and tests) or on a worker thread
+(``start()``, then ``pause()`` / ``resume()`` / ``step()`` / ``stop()`` / ``set_lr()`` from
+any thread). The worker never touches UI code; readers use ``log.snapshot()``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bnviz import data as datasets
+from bnviz.config import Comparison, RunConfig
+from bnviz.errors import ConfigError
+from bnviz.metrics import LAYER_METRICS, STEP_METRICS
+from bnviz.models import Net, build_model, hidden_names
+from bnviz.probes import HIST_BINS, HIST_EDGES, LayerProbes, weight_stats
+from bnviz.runlog import RunLog
+
+EVAL_CHUNK = 2000  # test examples per forward pass in evaluation
+
+
+def resolve_device(requested: str) -> tuple[torch.device, str | None]:
+    """The device to use and, if the request could not be met, a one-line notice."""
+    cuda, mps = torch.cuda.is_available(), getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if requested == "auto":
+        return torch.device("cuda" if cuda else "mps" if mps else "cpu"), None
+    if requested == "cuda" and not cuda:
+        return torch.device("cpu"), "device: cuda was asked for but no CUDA GPU is available; training on cpu"
+    if requested == "mps" and not mps:
+        return torch.device("cpu"), "device: mps was asked for but is not available; training on cpu"
+    return torch.device(requested), None
+
+
+class Sampler:
+    """Shuffled mini-batches without replacement, reshuffled each epoch, from its own generator."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size = n, batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+        self.perm, self.pos = torch.randperm(n, generator=self.gen), 0
+
+    def next(self) -> torch.Tensor:
+        if self.pos + self.batch_size > self.n:  # drop the last partial batch, as usual
+            self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
+        idx = self.perm[self.pos: self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx
+
+
+@dataclass
+class Variant:
+    name: str
+    cfg: RunConfig
+    model: Net
+    optimizer: torch.optim.Optimizer
+    probes: LayerProbes
+    weights: list[torch.Tensor]
+    data: datasets.Dataset
+    batch_key: tuple
+    live: bool = True
+    step: int = 0  # optimizer steps taken
+    logged: int = 0  # last step whose row reached the RunLog
+    diverged_at: int | None = None
+
+
+def _optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    momentum = 0.9 if cfg.optimizer == "momentum" else 0.0
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=momentum, weight_decay=cfg.weight_decay)
+
+
+def tracked_units(cfg: RunConfig) -> list[int]:
+    """The unit tracked in each hidden layer: cfg.tracked_unit, or one per layer chosen by seed."""
+    if cfg.tracked_unit >= 0:
+        return [cfg.tracked_unit] * cfg.depth
+    return [random.Random(cfg.seed * 31 + i).randrange(cfg.width) for i in range(cfg.depth)]
+
+
+class Trainer:
+    """Trains a comparison in lockstep and records it into ``self.log``."""
+
+    def __init__(self, comparison: Comparison, flush_every: int = 25, single_thread: bool = False):
+        self.comparison = comparison
+        self.flush_every = flush_every
+        self.single_thread = single_thread  # a shared server gives each worker one core
+        devices = {resolve_device(c.device) for c in comparison.variants.values()}
+        self.device = next(iter(devices))[0]
+        self.log = RunLog(HIST_EDGES.numpy())
+        for _, notice in devices:
+            if notice:
+                self.log.add_notice(notice)
+        self.variants: list[Variant] = []
+        self._tensors: dict[str, tuple[torch.Tensor, ...]] = {}
+        self.samplers: dict[tuple, Sampler] = {}
+        for name, cfg in comparison.variants.items():
+            self.variants.append(self._build(name, cfg))
+        self.total_steps = max(v.cfg.steps for v in self.variants)
+        self.step_count = 0
+        width = len(STEP_METRICS) + max(v.cfg.depth for v in self.variants) * len(LAYER_METRICS)
+        self._rows = torch.zeros(len(self.variants), flush_every, width, device=self.device)  # (V, K, D)
+        self._row_steps: list[int] = []
+        self._hists: dict[str, list[tuple[int, torch.Tensor]]] = {v.name: [] for v in self.variants}
+        # thread control
+        self._cond = threading.Condition()
+        self._running = False
+        self._budget = 0  # single steps requested while paused
+        self._stop = False
+        self._lr_changes: list[tuple[float, str | None]] = []
+        self._thread: threading.Thread | None = None
+        self.error: str | None = None
+
+    # construction ----------------------------------------------------------------------
+    def _build(self, name: str, cfg: RunConfig) -> Variant:
+        ds = datasets.load(cfg.dataset)
+        if ds.notice:
+            self.log.add_notice(ds.notice)
+        n_train = len(ds.y_train)
+        if cfg.batch_size > n_train:
+            raise ConfigError(
+                f"batch_size: must be <= the {n_train:,} training examples of {cfg.dataset}, got {cfg.batch_size}"
+            )
+        if cfg.dataset not in self._tensors:
+            self._tensors[cfg.dataset] = tuple(
+                t.to(self.device) for t in (ds.x_train, ds.y_train, ds.x_test, ds.y_test))
+        key = (cfg.dataset, cfg.batch_size, cfg.seed)
+        if key not in self.samplers:
+            self.samplers[key] = Sampler(n_train, cfg.batch_size, cfg.seed)
+        noise = torch.Generator(device=self.device).manual_seed(cfg.seed + 7919)
+        model = build_model(cfg, ds.input_shape, ds.n_classes, noise_generator=noise).to(self.device)
+        model.train()
+        probes = LayerProbes(model.hidden, tracked_units(cfg))
+        weights = [b.linear.weight for b in model.hidden]
+        layers = hidden_names(cfg.depth)
+        self.log.add_variant(name, cfg.to_dict(), layers)
+        return Variant(name, cfg, model, _optimizer(cfg, model.parameters()), probes, weights, ds, key)
+
+    # one lockstep step -----------------------------------------------------------------
+    def _step_all(self) -> None:
+        step = self.step_count + 1
+        batches: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        k = len(self._row_steps)
+        for i, v in enumerate(self.variants):
+            if not v.live:
+                continue
+            if v.batch_key not in batches:
+                x_train, y_train = self._tensors[v.cfg.dataset][:2]
+                idx = self.samplers[v.batch_key].next().to(self.device)
+                batches[v.batch_key] = (x_train[idx], y_train[idx])
+            x, y = batches[v.batch_key]
+            with torch.no_grad():
+                before = [w.detach().clone() for w in v.weights]
+            v.optimizer.zero_grad(set_to_none=False)
+            loss = F.cross_entropy(v.model(x), y)
+            loss.backward()
+            with torch.no_grad():
+                act = v.probes.activation_stats()  # (L, 8)
+                if step % v.cfg.hist_every == 0:
+                    self._hists[v.name].append((step, v.probes.histograms()))
+            v.optimizer.step()
+            with torch.no_grad():
+                row = torch.cat([loss.detach().reshape(1), torch.cat([act, weight_stats(v.weights, before)], 1).reshape(-1)])
+                self._rows[i, k, : row.numel()] = row
+            v.step = step
+        self._row_steps.append(step)
+        self.step_count = step
+        for v in self.variants:
+            if v.live and (step % v.cfg.eval_every == 0 or step == v.cfg.steps):
+                self.flush()  # a diverged variant is not evaluated past its divergence
+                if v.live:
+                    self._evaluate(v)
+        if len(self._row_steps) == self.flush_every:
+            self.flush()
+        for v in self.variants:
+            if v.live and v.step >= v.cfg.steps:
+                v.live = False
+                self.log.set_status(v.name, "finished")
+
+    def flush(self) -> None:
+        """Move buffered rows and histograms to the RunLog; detect divergence."""
+        k = len(self._row_steps)
+        if k:
+            rows = self._rows[:, :k].cpu().numpy()  # (V, k, D): the one host copy
+            steps = np.asarray(self._row_steps)
+            for i, v in enumerate(self.variants):
+                if v.diverged_at is not None:
+                    continue
+                mask = (steps > v.logged) & (steps <= v.step)  # steps this variant trained
+                vsteps = steps[mask]
+                vrows = rows[i, mask, : len(STEP_METRICS) + v.cfg.depth * len(LAYER_METRICS)]
+                bad = ~np.isfinite(vrows[:, 0])
+                if bad.any():
+                    first = int(bad.argmax())
+                    vsteps, vrows = vsteps[:first + 1], vrows[:first]
+                    self._mark_diverged(v, int(vsteps[first]))
+                    vsteps = vsteps[:first]
+                self.log.append_steps(v.name, vsteps, vrows)
+                if len(vsteps):
+                    v.logged = int(vsteps[-1])
+            self._row_steps.clear()
+            self.log.mark_progress(self.step_count)
+        for v in self.variants:
+            pending = self._hists[v.name]
+            if pending:
+                steps = np.array([s for s, _ in pending])
+                hists = torch.stack([h for _, h in pending]).cpu().numpy()  # (h, L, bins)
+                keep = steps < v.diverged_at if v.diverged_at is not None else np.ones(len(steps), bool)
+                self.log.append_hist(v.name, steps[keep], hists[keep])
+                pending.clear()
+
+    def _mark_diverged(self, v: Variant, step: int) -> None:
+        v.live, v.diverged_at = False, step
+        self.log.set_status(v.name, "diverged", f"{v.name}: loss became NaN or infinite at step {step}", diverged_at=step)
+        self.log.add_event(step, "diverged", v.name)
+
+    def _evaluate(self, v: Variant) -> None:
+        _, _, x_test, y_test = self._tensors[v.cfg.dataset]
+        v.model.eval()
+        v.probes.enabled = False
+        total_loss, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
+        with torch.no_grad():
+            for start in range(0, len(y_test), EVAL_CHUNK):
+                logits = v.model(x_test[start: start + EVAL_CHUNK])
+                y = y_test[start: start + EVAL_CHUNK]
+                total_loss += F.cross_entropy(logits, y, reduction="sum")
+                correct += (logits.argmax(1) == y).sum()
+        v.model.train()
+        v.probes.enabled = True
+        loss, acc = total_loss.item() / len(y_test), correct.item() / len(y_test)
+        if math.isfinite(loss):
+            self.log.append_eval(v.name, v.step, loss, acc)
+
+    # synchronous use ---------------------------------------------------------------------
+    def run(self, steps: int | None = None, progress: Callable[[int], None] | None = None) -> None:
+        """Train until every variant finished (or ``steps`` more steps); then release hooks."""
+        try:
+            self._begin()
+            target = self.total_steps if steps is None else min(self.total_steps, self.step_count + steps)
+            while self.step_count < target and any(v.live for v in self.variants):
+                self._step_all()
+                if progress is not None:
+                    progress(self.step_count)
+            self.flush()
+        finally:
+            self._end("finished" if not any(v.live for v in self.variants) else "stopped")
+
+    def _begin(self) -> None:
+        self.log.state = "running"
+        if self.step_count == 0:
+            for v in self.variants:
+                self._evaluate(v)  # accuracy before training: the curves start at chance
+
+    def _end(self, state: str) -> None:
+        self.flush()
+        for v in self.variants:
+            v.probes.remove()
+            if v.live and state != "finished":
+                self.log.set_status(v.name, state)
+        self.log.state = state
+
+    def close(self) -> None:
+        """Release hooks without training further (idempotent)."""
+        for v in self.variants:
+            v.probes.remove()
+
+    # threaded use ----------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        return self.log.state
+
+    def start(self, paused: bool = False) -> None:
+        if self._thread is not None:
+            raise RuntimeError("trainer already started")
+        self._running = not paused
+        self.log.state = "paused" if paused else "running"
+        self._thread = threading.Thread(target=self._loop, name="bnviz-trainer", daemon=True)
+        self._thread.start()
+
+    def pause(self) -> None:
+        with self._cond:
+            self._running = False
+            self._cond.notify_all()
+
+    def resume(self) -> None:
+        with self._cond:
+            self._running = True
+            self._cond.notify_all()
+
+    def step(self, n: int = 1) -> None:
+        """While paused: take ``n`` more steps, then pause again."""
+        with self._cond:
+            self._budget += n
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+
+    def join(self, timeout: float | None = None) -> bool:
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    def set_lr(self, lr: float, variant: str | None = None) -> None:
+        """Change the learning rate of one or all variants at the next step boundary."""
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ConfigError(f"lr: must be a finite number > 0, got {lr!r}")
+        if variant is not None and variant not in self.comparison.variants:
+            raise ConfigError(f"variant: no variant named {variant!r}")
+        with self._cond:
+            self._lr_changes.append((float(lr), variant))
+            self._cond.notify_all()
+
+    def _apply_lr_changes(self) -> None:
+        changes, self._lr_changes = self._lr_changes, []
+        for lr, target in changes:
+            for v in self.variants:
+                if target in (None, v.name):
+                    for group in v.optimizer.param_groups:
+                        group["lr"] = lr
+            self.log.add_event(self.step_count, f"lr → {lr:g}", target)
+
+    def _loop(self) -> None:
+        if self.single_thread:
+            torch.set_num_threads(1)
+        final = "finished"
+        try:
+            self._begin()
+            while True:
+                with self._cond:
+                    while not (self._stop or self._running or self._budget or self._lr_changes):
+                        if self._row_steps or any(self._hists.values()):
+                            break  # flush below before sleeping, so a paused page is complete
+                        self.log.state = "paused"
+                        self._cond.wait(timeout=1.0)
+                    if self._stop:
+                        final = "stopped"
+                        break
+                    self._apply_lr_changes()
+                    can_step = self._running or self._budget > 0
+                    if can_step and not self._running:
+                        self._budget -= 1
+                    if can_step:
+                        self.log.state = "running"
+                if not can_step:
+                    self.flush()
+                    continue
+                if not any(v.live for v in self.variants) or self.step_count >= self.total_steps:
+                    break
+                self._step_all()
+                if not self._running and self._budget == 0:
+                    self.flush()
+        except Exception as exc:  # any cause: the run ends with its message, the server goes on
+            self.error = f"training failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+            final = "failed"
+            for v in self.variants:
+                if v.live:
+                    self.log.set_status(v.name, "failed", self.error)
+            self.log.add_notice(self.error)
+        finally:
+            try:
+                self._end(final)
+            except Exception:  # never leave hooks behind, even if the last flush fails
+                self.close()
+                self.log.state = "failed"
