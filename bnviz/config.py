@@ -252,24 +252,28 @@ class Comparison:
         return cls({n: RunConfig.from_dict(v) for n, v in data["variants"].items()})
 
     # flat key=value form (CLI --set, shareable URL) -------------------------------------
-    def to_flat(self) -> list[tuple[str, str]]:
-        """Minimal pairs that rebuild this comparison with ``from_flat`` from defaults.
+    def to_flat(self, base: "Comparison | None" = None) -> list[tuple[str, str]]:
+        """Minimal pairs that rebuild this comparison with ``from_flat(pairs, base)``.
 
         A field equal in every variant is written once (``lr=0.1``); one that differs is
-        written per variant (``bn.norm=batch``). Defaults are left out.
+        written per variant (``bn.norm=batch``). Values equal to the base's are left out
+        (a variant the base lacks is compared with the base's first variant, as from_flat
+        copies it).
         """
-        default = RunConfig().to_dict()
-        pairs = [("variants", ",".join(self.variants))]
+        base = base or Comparison({"plain": RunConfig()})
+        first = next(iter(base.variants.values()))
+        refs = {n: base.variants.get(n, first).to_dict() for n in self.variants}
+        pairs = [] if list(self.variants) == list(base.variants) else [("variants", ",".join(self.variants))]
         dicts = {n: c.to_dict() for n, c in self.variants.items()}
         for f in FIELDS:
             values = {n: d[f.name] for n, d in dicts.items()}
-            distinct = set(values.values())
-            if len(distinct) == 1:
-                (value,) = distinct
-                if value != default[f.name]:
-                    pairs.append((f.name, _format(value)))
+            changed = [n for n, v in values.items() if v != refs[n][f.name]]
+            if not changed:
+                continue
+            if len(set(values.values())) == 1:
+                pairs.append((f.name, _format(values[changed[0]])))
             else:
-                pairs.extend((f"{n}.{f.name}", _format(v)) for n, v in values.items() if v != default[f.name])
+                pairs.extend((f"{n}.{f.name}", _format(values[n])) for n in changed)
         return pairs
 
     @classmethod

@@ -45,7 +45,7 @@ def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
     fig.update_layout(
         title=dict(text=title, x=0.01, xanchor="left"), height=height, font=FONT,
         margin=dict(l=60, r=20, t=70, b=50), template="plotly_white",
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1),
+        legend=dict(orientation="h", yanchor="bottom", y=1.06, xanchor="right", x=1),
         uirevision="keep",  # keep zoom and legend toggles across live refreshes
         hovermode="x unified",
     )
@@ -124,6 +124,7 @@ def percentile_bands(snap: RunSnapshot, unit: bool = False) -> go.Figure:
                                      hovertemplate=f"{v.name} {layer}<br>step %{{x}}<br>median %{{y:.3f}}<extra></extra>"),
                           r, c)
     what = "tracked unit" if unit else "whole layer"
+    fig.update_yaxes(matches="y")  # one scale for every variant: a wide band must look wide
     fig.update_yaxes(title_text="input to nonlinearity", col=1)
     fig.update_xaxes(title_text="step", row=len(names))
     _mark_events(fig, snap, len(names), len(layers))

@@ -1,0 +1,1 @@
+"""Streamlit widgets of the app's pages (the engine, bnviz/, never imports this)."""

@@ -1,0 +1,320 @@
+"""Widgets of the live lab: each ``*_ui`` draws one part of the page and returns nothing
+the engine needs to know about Streamlit. State lives under ``lab.*`` session keys.
+
+The source of truth is ``st.session_state["lab.cmp"]`` (a Comparison). Widgets show it;
+their callbacks build a new comparison and hand it to the session's Lab, which applies a
+learning-rate change live and restarts (same seed) on anything structural. A value the
+engine refuses leaves the comparison (and the run) untouched and shows one line under
+the widget that caused it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+from urllib.parse import urlencode
+
+import streamlit as st
+
+from bnviz import presets, share
+from bnviz.config import ACTIVATIONS, FIELD_BY_NAME, INITS, MODELS, NORMS, OPTIMIZERS, PLACEMENTS, Comparison
+from bnviz.data import DATASETS
+from bnviz.errors import BnvizError, ConfigError
+from bnviz.figures import FIGURES
+from bnviz.limits import current as current_limits
+from bnviz.live import SPEEDS, Lab, session_lab
+from bnviz.report import to_html
+from bnviz.runlog import to_csv
+from bnviz.trainer import resolve_device
+
+REFRESH_S = 0.5
+LR_GRID = [round(m * 10.0 ** e, 6) for e in range(-4, 2) for m in (1, 2, 5)] + [100.0]
+NORM_LABELS = {"none": "none", "batch": "batch norm", "layer": "layer norm", "group": "group norm",
+               "batch_renorm": "batch renorm", "noisy_batch": "noisy batch norm"}
+VARIANT_NAMES = {"none": "plain", "batch": "bn", "layer": "layer", "group": "group",
+                 "batch_renorm": "renorm", "noisy_batch": "noisy"}
+CUSTOM = "(custom)"
+
+
+# state ----------------------------------------------------------------------------------------
+def init_state() -> Lab:
+    """First run of a session: read the link; every run: the session's Lab with the comparison."""
+    ss = st.session_state
+    if "lab.cmp" not in ss:
+        cmp, preset, warnings = share.from_query(st.query_params.to_dict())
+        ss["lab.cmp"], ss["lab.preset"], ss["lab.link_warnings"] = cmp, preset, warnings
+        ss["lab.errors"] = {}
+    lab = session_lab()
+    lab.configure(ss["lab.cmp"])
+    return lab
+
+
+def _apply(field: str, make: "callable") -> None:
+    """Build the next comparison with ``make(current)``; keep the old one if the engine refuses."""
+    ss = st.session_state
+    try:
+        new = make(ss["lab.cmp"])
+        ss["lab.cmp"] = new
+        ss["lab.errors"].pop(field, None)
+        ss["lab.last_change"] = session_lab().configure(new)
+    except BnvizError as exc:
+        ss["lab.errors"][field] = str(exc)
+
+
+def _field_error(field: str) -> None:
+    msg = st.session_state["lab.errors"].get(field)
+    if msg:
+        st.error(msg, icon=":material/warning:")
+
+
+def _shared_widget(kind: str, field: str, label: str, **kw: Any) -> None:
+    """A widget bound to one field of every variant."""
+    key = f"lab.w.{field}"
+    value = getattr(next(iter(st.session_state["lab.cmp"].variants.values())), field)
+    if key not in st.session_state:
+        st.session_state[key] = value
+
+    def on_change() -> None:
+        _apply(field, lambda c: c.with_all(**{field: st.session_state[key]}))
+
+    help_text = FIELD_BY_NAME[field].help
+    widget = {"select": st.selectbox, "number": st.number_input, "slider": st.select_slider}[kind]
+    widget(label, key=key, on_change=on_change, help=help_text, **kw)
+    _field_error(field)
+
+
+def _reset_widgets() -> None:
+    for key in [k for k in st.session_state if str(k).startswith("lab.w.")]:
+        del st.session_state[key]
+
+
+def _on_preset() -> None:
+    ss = st.session_state
+    name = ss["lab.w.preset_pick"]
+    if name == CUSTOM:
+        return
+    ss["lab.preset"] = name
+    _reset_widgets()
+    ss["lab.w.preset_pick"] = name
+    _apply("preset", lambda _: presets.get(name).comparison())
+
+
+# sidebar ---------------------------------------------------------------------------------------
+def sidebar_ui() -> None:
+    ss = st.session_state
+    lim = current_limits()
+    with st.sidebar:
+        st.header("Experiment")
+        names = list(presets.PRESETS)
+        if "lab.w.preset_pick" not in ss:
+            ss["lab.w.preset_pick"] = ss["lab.preset"] if ss["lab.preset"] in names else CUSTOM
+        st.selectbox("Preset", names + [CUSTOM], key="lab.w.preset_pick", on_change=_on_preset,
+                     format_func=lambda n: n if n == CUSTOM else f"{n}: {presets.PRESETS[n].title.split(':')[0]}",
+                     help="Published setups; changing any control below keeps the preset as the starting point.")
+        _field_error("preset")
+        variants_ui()
+        st.header("Network")
+        _shared_widget("select", "dataset", "Dataset", options=DATASETS)
+        _shared_widget("select", "model", "Model", options=MODELS)
+        c1, c2 = st.columns(2)
+        with c1:
+            _shared_widget("number", "depth", "Hidden layers", min_value=1, max_value=lim.max_depth, step=1)
+        with c2:
+            _shared_widget("number", "width", "Width", min_value=1, max_value=lim.max_width, step=1)
+        _shared_widget("select", "activation", "Activation", options=ACTIVATIONS)
+        st.header("Training")
+        _shared_widget("slider", "lr", "Learning rate (log scale)", options=_lr_options(),
+                       format_func=lambda v: f"{v:g}")
+        _shared_widget("select", "optimizer", "Optimizer", options=OPTIMIZERS)
+        c1, c2 = st.columns(2)
+        with c1:
+            _shared_widget("number", "batch_size", "Batch size", min_value=1, max_value=lim.max_batch, step=1)
+        with c2:
+            _shared_widget("number", "steps", "Steps", min_value=1, max_value=lim.max_steps, step=500)
+        c1, c2 = st.columns(2)
+        with c1:
+            _shared_widget("select", "init", "Init", options=INITS)
+        with c2:
+            _shared_widget("number", "init_scale", "Init scale", min_value=1e-4, max_value=10.0, step=0.05,
+                           format="%.3g")
+        c1, c2 = st.columns(2)
+        with c1:
+            _shared_widget("number", "seed", "Seed", min_value=0, max_value=2**31 - 1, step=1)
+        with c2:
+            _shared_widget("select", "device", "Device", options=_device_options())
+        st.select_slider("Steps per refresh", options=list(SPEEDS), key="lab.w.speed_pick",
+                         value=st.session_state.get("lab.w.speed_pick", "max"),
+                         help="Slow motion for a lecture: how many steps run between two chart refreshes "
+                              f"(every {REFRESH_S:g} s); max trains as fast as the server allows.")
+
+
+def _lr_options() -> list[float]:
+    lr = next(iter(st.session_state["lab.cmp"].variants.values())).lr
+    return sorted(set(LR_GRID) | {lr})
+
+
+def _device_options() -> list[str]:
+    opts = ["auto", "cpu"]
+    for dev in ("cuda", "mps"):
+        if resolve_device(dev)[1] is None:
+            opts.append(dev)
+    current = next(iter(st.session_state["lab.cmp"].variants.values())).device
+    return opts if current in opts else opts + [current]
+
+
+def variants_ui() -> None:
+    """One row per variant: its normalization and placement; add or remove variants."""
+    ss = st.session_state
+    cmp: Comparison = ss["lab.cmp"]
+    st.subheader("Variants")
+    for name, cfg in cmp.variants.items():
+        c1, c2, c3 = st.columns([4, 4, 1.4], vertical_alignment="bottom")
+        with c1:
+            key = f"lab.w.{name}.norm"
+            if key not in ss:
+                ss[key] = cfg.norm
+            st.selectbox(f"**{name}**", NORMS, key=key, format_func=NORM_LABELS.get,
+                         on_change=_variant_change, args=(name, "norm", key))
+        with c2:
+            key = f"lab.w.{name}.placement"
+            if key not in ss:
+                ss[key] = cfg.placement
+            st.selectbox("placement", PLACEMENTS, key=key, disabled=cfg.norm == "none",
+                         on_change=_variant_change, args=(name, "placement", key),
+                         help="normalization before or after the nonlinearity")
+        with c3:
+            st.button("", icon=":material/close:", key=f"lab.w.{name}.remove", disabled=len(cmp.variants) <= 1,
+                      on_click=_remove_variant, args=(name,), help=f"remove {name}")
+        _field_error(f"{name}.norm")
+    c1, c2 = st.columns([5, 5], vertical_alignment="bottom")
+    with c1:
+        st.selectbox("Add a variant", NORMS, key="lab.w.add_norm", format_func=NORM_LABELS.get)
+    with c2:
+        st.button("Add", key="lab.w.add", on_click=_add_variant, disabled=len(cmp.variants) >= 8)
+    _field_error("variants")
+
+
+def _variant_change(name: str, field: str, key: str) -> None:
+    value = st.session_state[key]
+    _apply(f"{name}.norm", lambda c: Comparison({
+        n: (cfg.replace(**{field: value}) if n == name else cfg) for n, cfg in c.variants.items()}))
+
+
+def _remove_variant(name: str) -> None:
+    _apply("variants", lambda c: Comparison({n: cfg for n, cfg in c.variants.items() if n != name}))
+
+
+def _add_variant() -> None:
+    norm = st.session_state["lab.w.add_norm"]
+
+    def make(c: Comparison) -> Comparison:
+        base = VARIANT_NAMES[norm]
+        name = base if base not in c.variants else next(f"{base}{i}" for i in range(2, 99) if f"{base}{i}" not in c.variants)
+        first = next(iter(c.variants.values()))
+        return Comparison({**c.variants, name: first.replace(norm=norm)})
+
+    _apply("variants", make)
+
+
+# main area -------------------------------------------------------------------------------------
+def header_ui() -> None:
+    ss = st.session_state
+    st.title("bnviz · live lab")
+    preset = presets.PRESETS.get(ss["lab.preset"])
+    if preset is not None:
+        st.markdown(f"**{preset.title}**  \n*Predict, then run.* {preset.note}  \n"
+                    f"<span style='color:#666'>Source: {preset.source}. Claim: {preset.claim}</span>",
+                    unsafe_allow_html=True)
+    for w in ss.get("lab.link_warnings", []):
+        st.warning(f"Link: {w}", icon=":material/link:")
+
+
+def controls_ui(lab: Lab) -> None:
+    ss = st.session_state
+    lab.set_speed(SPEEDS[ss.get("lab.w.speed_pick", "max")])
+    c = st.columns([1, 1, 1, 1, 4])
+    c[0].button("Start", icon=":material/play_arrow:", key="lab.start", on_click=_guard, args=(lab.start,),
+                type="primary", disabled=lab.running)
+    c[1].button("Pause", icon=":material/pause:", key="lab.pause", on_click=_guard, args=(lab.pause,),
+                disabled=not lab.running)
+    c[2].button("Step", icon=":material/skip_next:", key="lab.step", on_click=_guard, args=(lab.step,),
+                help="one training step of every variant (pauses first)")
+    c[3].button("Reset", icon=":material/restart_alt:", key="lab.reset", on_click=_guard, args=(lab.reset,),
+                help="discard the run")
+    change = ss.pop("lab.last_change", None)
+    if change == "restart" and lab.trainer is not None:
+        c[4].info("Structural change: the comparison restarted from the same seed.", icon=":material/restart_alt:")
+    elif change == "lr":
+        c[4].info("Learning rate changed live; the time axis marks the step.", icon=":material/check:")
+    if "lab.action_error" in ss:
+        st.error(ss.pop("lab.action_error"), icon=":material/warning:")
+
+
+def _guard(action) -> None:
+    try:
+        action()
+    except BnvizError as exc:
+        st.session_state["lab.action_error"] = str(exc)
+
+
+def live_ui(lab: Lab) -> None:
+    """The charts, redrawn by a fragment every REFRESH_S while the lab trains."""
+    live = lab.active or lab.queue_place is not None
+
+    @st.fragment(run_every=REFRESH_S if live else None)
+    def charts() -> None:
+        snap = lab.refresh()
+        status_ui(lab, snap)
+        if snap is not None and snap.step > 0:
+            for spec in FIGURES:
+                st.plotly_chart(spec.build(snap), key=f"lab.chart.{spec.key}", width="stretch",
+                                config={"displaylogo": False})
+                st.caption(spec.caption)
+        elif lab.queue_place is None:
+            st.info("Press **Start** to train every variant side by side on the same batches, "
+                    "or **Step** to take one step at a time.", icon=":material/info:")
+        if live and not (lab.active or lab.queue_place is not None):
+            st.rerun(scope="app")  # training ended: redraw once without the timer
+
+    charts()
+
+
+def status_ui(lab: Lab, snap) -> None:
+    place = lab.queue_place
+    if place is not None:
+        st.info(f"Queued: {place} ahead of you. The server trains {lab.pool.capacity()} runs at once.", icon=":material/hourglass_top:")
+    if lab.message:
+        st.warning(lab.message, icon=":material/stop_circle:")
+    if snap is None:
+        return
+    total = lab.trainer.total_steps if lab.trainer else 1
+    step = snap.step
+    state = {"running": "training", "paused": "paused" if lab.running is False else "waiting"}.get(snap.state, snap.state)
+    st.progress(min(step / max(total, 1), 1.0),
+                text=f"step {step:,} / {total:,} · {snap.steps_per_s:,.0f} steps/s · {state}")
+    for v in snap.variants.values():
+        if v.status == "diverged":
+            st.error(f"{v.name} diverged at step {v.diverged_at} (loss became NaN or infinite); "
+                     "the others keep training.", icon=":material/error:")
+        elif v.status == "failed":
+            st.error(v.message or "training failed", icon=":material/warning:")
+    for n in snap.notices:
+        st.warning(n, icon=":material/info:")
+
+
+def share_ui(lab: Lab) -> None:
+    ss = st.session_state
+    query = share.to_query(ss["lab.cmp"], ss["lab.preset"])
+    st.query_params.from_dict(query)  # the address bar is always the share link
+    st.subheader("Share and download")
+    base = (st.context.url or "").split("?")[0]
+    st.code(f"{base}?{urlencode(query)}" if query else base, language=None)
+    st.caption("This link restores the exact comparison and seed.")
+    c1, c2 = st.columns(2)
+    snap_fn = lambda: lab.trainer.log.snapshot()  # noqa: E731  (built only when clicked)
+    has_run = lab.trainer is not None
+    c1.download_button("Download CSV (tidy)", data=lambda: to_csv(snap_fn()), file_name="bnviz-metrics.csv",
+                       mime="text/csv", key="lab.dl.csv", disabled=not has_run, on_click="ignore")
+    c2.download_button("Download HTML report", data=lambda: to_html(snap_fn(), "bnviz run"),
+                       file_name="bnviz-report.html", mime="text/html", key="lab.dl.html", disabled=not has_run,
+                       on_click="ignore")
