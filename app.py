@@ -1,5 +1,5 @@
-"""bnviz live lab: train networks with and without Batch Normalization side by side and
-watch every layer's distribution, gradients and loss move, live.
+"""bnviz: train networks with and without Batch Normalization side by side and watch
+every layer's distribution, gradients and loss move, live.
 
     streamlit run app.py
 """
@@ -8,11 +8,18 @@ import streamlit as st
 
 from ui import lab as lab_ui
 
-st.set_page_config(page_title="bnviz · live lab", page_icon="📈", layout="wide")
 
-lab = lab_ui.init_state()
-lab_ui.sidebar_ui()
-lab_ui.header_ui()
-lab_ui.controls_ui(lab)
-lab_ui.live_ui(lab)
-lab_ui.share_ui(lab)
+def live_lab() -> None:
+    lab = lab_ui.init_state()
+    lab_ui.sidebar_ui()
+    lab_ui.header_ui()
+    lab_ui.controls_ui(lab)
+    lab_ui.live_ui(lab)
+    lab_ui.share_ui(lab)
+
+
+st.set_page_config(page_title="bnviz", page_icon="📈", layout="wide")
+st.navigation([
+    st.Page(live_lab, title="Live lab", icon=":material/science:", default=True),
+    st.Page("pages/1_Paper_Figure_1.py", title="Paper Figure 1", icon=":material/article:"),
+]).run()

@@ -44,8 +44,8 @@ def _thin(n: int, max_points: int = MAX_POINTS) -> np.ndarray:
 def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
     fig.update_layout(
         title=dict(text=title, x=0.01, xanchor="left"), height=height, font=FONT,
-        margin=dict(l=60, r=20, t=70, b=50), template="plotly_white",
-        legend=dict(orientation="h", yanchor="bottom", y=1.06, xanchor="right", x=1),
+        margin=dict(l=60, r=20, t=100, b=50), template="plotly_white",
+        legend=dict(orientation="h", yanchor="bottom", y=1.1, xanchor="right", x=1),
         uirevision="keep",  # keep zoom and legend toggles across live refreshes
         hovermode="x unified",
     )

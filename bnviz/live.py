@@ -16,6 +16,7 @@ RunLog, which the page reads through snapshots.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -25,6 +26,8 @@ from bnviz.config import Comparison
 from bnviz.errors import BnvizError
 from bnviz.runlog import RunSnapshot
 from bnviz.trainer import Trainer
+
+log = logging.getLogger("bnviz.live")
 
 # Steps granted per refresh in slow motion; None runs as fast as the machine allows.
 SPEEDS: dict[str, int | None] = {"1 step": 1, "5 steps": 5, "25 steps": 25, "100 steps": 100, "max": None}
@@ -181,6 +184,9 @@ class Lab:
             if self.trainer is not None:
                 self.trainer.join(timeout=5)
         self.pool.labs.discard(self)
+        # Read by the leak tests and by an operator: how many workers outlive their tabs.
+        log.warning("bnviz: session closed; %d labs open, %d training workers alive",
+                    len(self.pool.labs), alive_workers())
 
     def touch(self) -> None:
         self.last_seen = time.monotonic()
@@ -239,6 +245,10 @@ class Lab:
             self.trainer = None
 
 
+def alive_workers() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "bnviz-trainer" and t.is_alive())
+
+
 def _only_lr_differs(a: Comparison, b: Comparison) -> bool:
     if list(a.variants) != list(b.variants):
         return False
@@ -249,9 +259,12 @@ def _lrs_differ(c: Comparison) -> bool:
     return len({cfg.lr for cfg in c.variants.values()}) > 1
 
 
-def session_lab() -> Lab:
-    """This browser session's Lab; its worker stops when the session ends (tab closed)."""
-    return _session_lab()
+def session_lab(page: str = "lab") -> Lab:
+    """This browser session's Lab for ``page``; its worker stops when the session ends (tab closed)."""
+    global _session_lab_fn
+    if _session_lab_fn is None:
+        _session_lab_fn = _make_session_cache()
+    return _session_lab_fn(page)
 
 
 def _release(lab: Lab) -> None:
@@ -262,17 +275,10 @@ def _make_session_cache():
     import streamlit as st  # the one engine import of Streamlit, and only when the app runs
 
     @st.cache_resource(scope="session", on_release=_release, show_spinner=False)
-    def lab_for_session() -> Lab:
+    def lab_for_session(page: str) -> Lab:
         return Lab()
 
     return lab_for_session
 
 
 _session_lab_fn = None
-
-
-def _session_lab() -> Lab:
-    global _session_lab_fn
-    if _session_lab_fn is None:
-        _session_lab_fn = _make_session_cache()
-    return _session_lab_fn()

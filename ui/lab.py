@@ -10,24 +10,32 @@ the widget that caused it.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 from urllib.parse import urlencode
 
 import streamlit as st
 
 from bnviz import presets, share
-from bnviz.config import ACTIVATIONS, FIELD_BY_NAME, INITS, MODELS, NORMS, OPTIMIZERS, PLACEMENTS, Comparison
+from bnviz.config import (
+    ACTIVATIONS,
+    FIELD_BY_NAME,
+    INITS,
+    MODELS,
+    NORMS,
+    OPTIMIZERS,
+    PLACEMENTS,
+    Comparison,
+)
 from bnviz.data import DATASETS
-from bnviz.errors import BnvizError, ConfigError
+from bnviz.errors import BnvizError
 from bnviz.figures import FIGURES
 from bnviz.limits import current as current_limits
 from bnviz.live import SPEEDS, Lab, session_lab
 from bnviz.report import to_html
 from bnviz.runlog import to_csv
 from bnviz.trainer import resolve_device
+from ui.common import live_fragment, run_controls_ui
 
-REFRESH_S = 0.5
 LR_GRID = [round(m * 10.0 ** e, 6) for e in range(-4, 2) for m in (1, 2, 5)] + [100.0]
 NORM_LABELS = {"none": "none", "batch": "batch norm", "layer": "layer norm", "group": "group norm",
                "batch_renorm": "batch renorm", "noisy_batch": "noisy batch norm"}
@@ -145,7 +153,7 @@ def sidebar_ui() -> None:
         st.select_slider("Steps per refresh", options=list(SPEEDS), key="lab.w.speed_pick",
                          value=st.session_state.get("lab.w.speed_pick", "max"),
                          help="Slow motion for a lecture: how many steps run between two chart refreshes "
-                              f"(every {REFRESH_S:g} s); max trains as fast as the server allows.")
+                              "(twice a second); max trains as fast as the server allows.")
 
 
 def _lr_options() -> list[float]:
@@ -232,74 +240,24 @@ def header_ui() -> None:
 def controls_ui(lab: Lab) -> None:
     ss = st.session_state
     lab.set_speed(SPEEDS[ss.get("lab.w.speed_pick", "max")])
-    c = st.columns([1, 1, 1, 1, 4])
-    c[0].button("Start", icon=":material/play_arrow:", key="lab.start", on_click=_guard, args=(lab.start,),
-                type="primary", disabled=lab.running)
-    c[1].button("Pause", icon=":material/pause:", key="lab.pause", on_click=_guard, args=(lab.pause,),
-                disabled=not lab.running)
-    c[2].button("Step", icon=":material/skip_next:", key="lab.step", on_click=_guard, args=(lab.step,),
-                help="one training step of every variant (pauses first)")
-    c[3].button("Reset", icon=":material/restart_alt:", key="lab.reset", on_click=_guard, args=(lab.reset,),
-                help="discard the run")
+    slot = run_controls_ui(lab, "lab")
     change = ss.pop("lab.last_change", None)
     if change == "restart" and lab.trainer is not None:
-        c[4].info("Structural change: the comparison restarted from the same seed.", icon=":material/restart_alt:")
+        slot.info("Structural change: the comparison restarted from the same seed.", icon=":material/restart_alt:")
     elif change == "lr":
-        c[4].info("Learning rate changed live; the time axis marks the step.", icon=":material/check:")
-    if "lab.action_error" in ss:
-        st.error(ss.pop("lab.action_error"), icon=":material/warning:")
-
-
-def _guard(action) -> None:
-    try:
-        action()
-    except BnvizError as exc:
-        st.session_state["lab.action_error"] = str(exc)
+        slot.info("Learning rate changed live; the time axis marks the step.", icon=":material/check:")
 
 
 def live_ui(lab: Lab) -> None:
-    """The charts, redrawn by a fragment every REFRESH_S while the lab trains."""
-    live = lab.active or lab.queue_place is not None
+    """The charts, redrawn every REFRESH_S while the lab trains."""
 
-    @st.fragment(run_every=REFRESH_S if live else None)
-    def charts() -> None:
-        snap = lab.refresh()
-        status_ui(lab, snap)
-        if snap is not None and snap.step > 0:
-            for spec in FIGURES:
-                st.plotly_chart(spec.build(snap), key=f"lab.chart.{spec.key}", width="stretch",
-                                config={"displaylogo": False})
-                st.caption(spec.caption)
-        elif lab.queue_place is None:
-            st.info("Press **Start** to train every variant side by side on the same batches, "
-                    "or **Step** to take one step at a time.", icon=":material/info:")
-        if live and not (lab.active or lab.queue_place is not None):
-            st.rerun(scope="app")  # training ended: redraw once without the timer
+    def draw(snap) -> None:
+        for spec in FIGURES:
+            st.plotly_chart(spec.build(snap), key=f"lab.chart.{spec.key}", width="stretch",
+                            config={"displaylogo": False})
+            st.caption(spec.caption)
 
-    charts()
-
-
-def status_ui(lab: Lab, snap) -> None:
-    place = lab.queue_place
-    if place is not None:
-        st.info(f"Queued: {place} ahead of you. The server trains {lab.pool.capacity()} runs at once.", icon=":material/hourglass_top:")
-    if lab.message:
-        st.warning(lab.message, icon=":material/stop_circle:")
-    if snap is None:
-        return
-    total = lab.trainer.total_steps if lab.trainer else 1
-    step = snap.step
-    state = {"running": "training", "paused": "paused" if lab.running is False else "waiting"}.get(snap.state, snap.state)
-    st.progress(min(step / max(total, 1), 1.0),
-                text=f"step {step:,} / {total:,} · {snap.steps_per_s:,.0f} steps/s · {state}")
-    for v in snap.variants.values():
-        if v.status == "diverged":
-            st.error(f"{v.name} diverged at step {v.diverged_at} (loss became NaN or infinite); "
-                     "the others keep training.", icon=":material/error:")
-        elif v.status == "failed":
-            st.error(v.message or "training failed", icon=":material/warning:")
-    for n in snap.notices:
-        st.warning(n, icon=":material/info:")
+    live_fragment(lab, draw)
 
 
 def share_ui(lab: Lab) -> None:

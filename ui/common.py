@@ -1,0 +1,83 @@
+"""Pieces every page shares: run controls, the status line, and the live fragment."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import streamlit as st
+
+from bnviz.errors import BnvizError
+from bnviz.live import Lab
+from bnviz.runlog import RunSnapshot
+
+REFRESH_S = 0.5  # chart refresh while training: lively, yet cheap for 30 sessions
+
+
+def run_controls_ui(lab: Lab, prefix: str):
+    """Start / Pause / Step / Reset; returns a slot beside them for a one-line message."""
+    c = st.columns([1, 1, 1, 1, 4])
+    c[0].button("Start", icon=":material/play_arrow:", key=f"{prefix}.start", on_click=_guard,
+                args=(lab.start, prefix), type="primary", disabled=lab.running)
+    c[1].button("Pause", icon=":material/pause:", key=f"{prefix}.pause", on_click=_guard,
+                args=(lab.pause, prefix), disabled=not lab.running)
+    c[2].button("Step", icon=":material/skip_next:", key=f"{prefix}.step", on_click=_guard,
+                args=(lab.step, prefix), help="one training step of every variant (pauses first)")
+    c[3].button("Reset", icon=":material/restart_alt:", key=f"{prefix}.reset", on_click=_guard,
+                args=(lab.reset, prefix), help="discard the run")
+    err = st.session_state.pop(f"{prefix}.action_error", None)
+    if err:
+        st.error(err, icon=":material/warning:")
+    return c[4]
+
+
+def _guard(action, prefix: str) -> None:
+    try:
+        action()
+    except BnvizError as exc:
+        st.session_state[f"{prefix}.action_error"] = str(exc)
+
+
+def status_ui(lab: Lab, snap: RunSnapshot | None) -> None:
+    place = lab.queue_place
+    if place is not None:
+        st.info(f"Queued: {place} ahead of you. The server trains {lab.pool.capacity()} runs at once.",
+                icon=":material/hourglass_top:")
+    if lab.message:
+        st.warning(lab.message, icon=":material/stop_circle:")
+    if snap is None:
+        return
+    total = lab.trainer.total_steps if lab.trainer else 1
+    state = {"running": "training", "paused": "paused" if not lab.running else "waiting"}.get(snap.state, snap.state)
+    st.progress(min(snap.step / max(total, 1), 1.0),
+                text=f"step {snap.step:,} / {total:,} · {snap.steps_per_s:,.0f} steps/s · {state}")
+    for v in snap.variants.values():
+        if v.status == "diverged":
+            st.error(f"{v.name} diverged at step {v.diverged_at} (loss became NaN or infinite); "
+                     "the others keep training.", icon=":material/error:")
+        elif v.status == "failed":
+            st.error(v.message or "training failed", icon=":material/warning:")
+    for n in snap.notices:
+        st.warning(n, icon=":material/info:")
+
+
+def live_fragment(lab: Lab, draw: Callable[[RunSnapshot], None], empty_hint: str | None = None) -> None:
+    """Status and ``draw(snapshot)``, re-run every REFRESH_S while the lab trains or waits.
+
+    The script itself returns at once; only this fragment re-runs, so a rerun never
+    queues behind training. When training ends it re-runs the page once, without the timer.
+    """
+    live = lab.active or lab.queue_place is not None
+
+    @st.fragment(run_every=REFRESH_S if live else None)
+    def fragment() -> None:
+        snap = lab.refresh()
+        status_ui(lab, snap)
+        if snap is not None and snap.step > 0:
+            draw(snap)
+        elif lab.queue_place is None:
+            st.info(empty_hint or "Press **Start** to train every variant side by side on the same batches, "
+                    "or **Step** to take one step at a time.", icon=":material/info:")
+        if live and not (lab.active or lab.queue_place is not None):
+            st.rerun(scope="app")  # training ended: redraw once without the timer
+
+    fragment()
