@@ -22,4 +22,5 @@ st.set_page_config(page_title="bnviz", page_icon="📈", layout="wide")
 st.navigation([
     st.Page(live_lab, title="Live lab", icon=":material/science:", default=True),
     st.Page("pages/1_Paper_Figure_1.py", title="Paper Figure 1", icon=":material/article:"),
+    st.Page("pages/2_BN_step_by_step.py", title="BN step by step", icon=":material/calculate:"),
 ]).run()
