@@ -1,0 +1,245 @@
+"""Tests for bnviz.figures and bnviz.report on snapshots of short recorded runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+from bnviz import figures
+from bnviz.config import Comparison
+from bnviz.figures import FIGURES, MAX_POINTS, paper_figure1, percentile_bands, shift_series
+from bnviz.probes import HIST_EDGES
+from bnviz.report import to_html
+from bnviz.runlog import Event, RunLog, RunSnapshot, VariantSnapshot
+from bnviz.trainer import Trainer
+
+LAYERS = ["hidden1", "hidden2", "hidden3"]
+
+
+@pytest.fixture(scope="module")
+def snap() -> RunSnapshot:
+    """plain and bn train 60 steps; boom (lr 1e6) diverges within a few steps."""
+    cmp = Comparison.from_flat([
+        "variants=plain,bn,boom", "bn.norm=batch", "dataset=mnist-mini", "width=16", "depth=3", "steps=60",
+        "eval_every=10", "hist_every=1", "boom.activation=relu", "boom.init=kaiming", "boom.init_scale=1.0",
+        "boom.lr=1e6",
+    ])
+    trainer = Trainer(cmp)
+    trainer.run()
+    s = trainer.log.snapshot()
+    assert s.variants["boom"].status == "diverged" and s.variants["plain"].status == "finished"
+    return s
+
+
+@pytest.fixture(scope="module")
+def calm(snap) -> RunSnapshot:
+    """The same run without the diverged variant."""
+    return dataclasses.replace(snap, variants={k: v for k, v in snap.variants.items() if k != "boom"}, events=[])
+
+
+@pytest.fixture(scope="module")
+def empty() -> RunSnapshot:
+    """A snapshot taken before the first step."""
+    trainer = Trainer(Comparison.from_flat(["variants=plain,bn", "bn.norm=batch", "dataset=blobs", "width=8",
+                                            "depth=3", "steps=10"]))
+    s = trainer.log.snapshot()
+    trainer.close()
+    return s
+
+
+def trace_has_data(trace) -> bool:
+    if isinstance(trace, go.Heatmap):
+        return trace.z is not None and np.asarray(trace.z).size > 0 and len(trace.x) > 0 and len(trace.y) > 0
+    return trace.x is not None and trace.y is not None and len(trace.x) > 0 and len(trace.y) > 0
+
+
+def vlines_at(fig: go.Figure, x: float) -> list:
+    return [s for s in fig.layout.shapes if s.type == "line" and s.x0 == x and s.x1 == x]
+
+
+# --------------------------------------------------------------------------- every figure
+
+@pytest.mark.parametrize("spec", FIGURES, ids=[s.key for s in FIGURES])
+def test_every_figure_builds_on_a_recorded_run_and_contains_data(spec, snap):
+    fig = spec.build(snap)
+    assert isinstance(fig, go.Figure)
+    assert len(fig.data) > 0
+    for trace in fig.data:
+        assert trace_has_data(trace), (spec.key, trace.name, type(trace).__name__)
+    assert spec.caption and fig.layout.title.text
+    fig.to_json()  # serializable for the browser
+
+
+def test_figure_keys_are_unique():
+    keys = [s.key for s in FIGURES]
+    assert len(keys) == len(set(keys))
+
+
+@pytest.mark.parametrize("spec", FIGURES, ids=[s.key for s in FIGURES])
+def test_every_figure_builds_on_a_snapshot_with_no_steps_yet(spec, empty):
+    assert isinstance(spec.build(empty), go.Figure)
+
+
+def test_paper_figure1_and_report_build_on_a_snapshot_with_no_steps_yet(empty):
+    assert isinstance(paper_figure1(empty), go.Figure)
+    html = to_html(empty, "<b>x</b>", note="<script>alert(1)</script>")
+    assert html.count("Plotly.newPlot") == len(FIGURES)
+    # title and note are escaped
+    assert "<title>&lt;b&gt;x&lt;/b&gt;</title>" in html
+    assert "<script>alert(1)</script>" not in html
+
+
+# --------------------------------------------------------------------------- percentile bands
+
+@pytest.mark.parametrize("unit", [False, True], ids=["layer", "unit"])
+def test_percentile_band_traces_equal_the_snapshots_series(unit, snap):
+    prefix = "unit" if unit else "act"
+    fig = percentile_bands(snap, unit=unit)
+    for r, v in enumerate(snap.variants.values(), start=1):
+        for c, layer in enumerate(LAYERS, start=1):
+            traces = list(fig.select_traces(row=r, col=c))
+            assert len(traces) == 3, (v.name, layer)
+            j = v.layers.index(layer)
+            want = {q: v.series[f"{prefix}_p{q}"][:, j] for q in (15, 50, 85)}
+            for t in traces:
+                assert np.array_equal(np.asarray(t.x), v.steps)
+            median = [t for t in traces if t.name == "median"]
+            assert len(median) == 1
+            assert np.array_equal(np.asarray(median[0].y), want[50], equal_nan=True)
+            band = [t for t in traces if t.name != "median"]
+            got = sorted((np.asarray(t.y) for t in band), key=lambda y: float(np.nanmean(y)))
+            assert np.array_equal(got[0], want[15], equal_nan=True)
+            assert np.array_equal(got[1], want[85], equal_nan=True)
+            assert any(t.fill == "tonexty" for t in band)  # the band is filled between them
+
+
+def test_percentile_bands_have_one_subplot_per_variant_and_layer(snap):
+    fig = percentile_bands(snap)
+    titles = {a.text for a in fig.layout.annotations}
+    assert set(LAYERS) <= titles and set(snap.variants) <= titles
+
+
+def test_long_runs_are_thinned_to_at_most_max_points_keeping_the_last():
+    log = RunLog(HIST_EDGES.numpy())
+    log.add_variant("plain", {}, ["hidden1"])
+    steps = np.arange(1, 1501)
+    log.append_steps("plain", steps, np.tile(steps[:, None], (1, 12)).astype(float))
+    s = log.snapshot()
+    fig = percentile_bands(s)
+    for t in fig.data:
+        assert len(t.x) <= MAX_POINTS and t.x[-1] == 1500 and t.x[0] == 1
+
+
+# --------------------------------------------------------------------------- events
+
+@pytest.mark.parametrize("build", [figures.loss_accuracy, percentile_bands, figures.histogram_heatmap,
+                                   figures.grad_norms, figures.update_ratios, figures.shift_scores],
+                         ids=lambda f: f.__name__)
+def test_diverged_variant_adds_a_vertical_line_at_its_divergence_step(build, snap, calm):
+    at = snap.variants["boom"].diverged_at
+    assert at is not None
+    fig = build(snap)
+    assert len(vlines_at(fig, at)) >= 1
+    assert any("boom diverged" in (a.text or "") for a in fig.layout.annotations)
+    assert vlines_at(build(calm), at) == []
+
+
+def test_lr_change_event_adds_a_dashed_vertical_line(calm):
+    s = dataclasses.replace(calm, events=[Event(step=23, variant="bn", text="lr → 0.05")])
+    fig = figures.loss_accuracy(s)
+    lines = vlines_at(fig, 23)
+    assert len(lines) == 2 and all(line.line.dash == "dash" for line in lines)
+    assert any("lr → 0.05 (bn)" == a.text for a in fig.layout.annotations)
+
+
+# --------------------------------------------------------------------------- the paper's Figure 1
+
+def test_paper_figure1_has_three_subplots(snap):
+    fig = paper_figure1(snap)
+    axes = [k for k in fig.layout.to_plotly_json() if re.fullmatch(r"xaxis\d*", k)]
+    assert len(axes) == 3
+    assert [a.text for a in fig.layout.annotations][:3] == ["(a) test accuracy", "(b) without BN (plain)",
+                                                            "(c) with BN (bn)"]
+
+
+def test_paper_figure1_plots_test_accuracy_and_the_last_layers_tracked_unit(snap):
+    fig = paper_figure1(snap)
+    acc = list(fig.select_traces(row=1, col=1))
+    assert [t.name for t in acc] == ["plain", "bn"]
+    assert np.array_equal(np.asarray(acc[1].y), snap.variants["bn"].evals["test_acc"])
+    for col, name in ((2, "plain"), (3, "bn")):
+        v = snap.variants[name]
+        ys = [np.asarray(t.y) for t in fig.select_traces(row=1, col=col)]
+        assert len(ys) == 3
+        for y, q in zip(ys, (15, 50, 85)):
+            assert np.array_equal(y, v.series[f"unit_p{q}"][:, -1])
+
+
+# --------------------------------------------------------------------------- shift score
+
+def variant_with_hists(hists: np.ndarray, edges: np.ndarray) -> VariantSnapshot:
+    h, n_layers, _ = hists.shape
+    empty = np.zeros(0)
+    return VariantSnapshot(
+        name="v", config={}, layers=[f"hidden{i + 1}" for i in range(n_layers)], status="running", step=h,
+        diverged_at=None, message=None, steps=np.zeros(0, dtype=np.int64), series={}, eval_steps=empty,
+        evals={}, hist_steps=np.arange(1, h + 1) * 10, hists=hists, hist_edges=edges,
+    )
+
+
+EDGES = np.linspace(-2.0, 2.0, 9)  # 8 bins of width 0.5
+
+
+def test_shift_of_identical_histograms_is_zero():
+    rng = np.random.default_rng(0)
+    one = rng.random((2, 8))
+    one /= one.sum(axis=1, keepdims=True)
+    steps, w1 = shift_series(variant_with_hists(np.repeat(one[None], 12, axis=0), EDGES), window=5)
+    assert steps.tolist() == [60, 70, 80, 90, 100, 110, 120]
+    assert w1.shape == (7, 2)
+    np.testing.assert_allclose(w1, 0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("shift", [1, 3])
+def test_shift_of_a_histogram_moved_by_bins_is_that_many_bin_widths(shift):
+    before = np.array([0.1, 0.2, 0.4, 0.2, 0.1, 0.0, 0.0, 0.0])
+    after = np.roll(before, shift)
+    assert after[:shift].sum() == 0  # nothing wrapped around
+    window = 5
+    hists = np.stack([before] * window + [after] * window)[:, None, :]  # (10, 1, 8)
+    steps, w1 = shift_series(variant_with_hists(hists, EDGES), window=window)
+    np.testing.assert_allclose(w1[:, 0], 0.5 * shift, rtol=1e-12)
+
+
+def test_shift_score_uses_the_window_and_needs_more_hists_than_it():
+    v = variant_with_hists(np.full((3, 1, 8), 1 / 8), EDGES)
+    steps, w1 = shift_series(v, window=5)
+    assert len(steps) == 0 and w1.shape == (0, 1)
+    steps, w1 = shift_series(v, window=1)
+    assert steps.tolist() == [20, 30]
+
+
+def test_shift_score_on_a_recorded_run_is_finite_and_nonnegative(calm):
+    for v in calm.variants.values():
+        steps, w1 = shift_series(v)
+        assert len(steps) == len(v.hist_steps) - figures.SHIFT_WINDOW
+        assert np.isfinite(w1).all() and (w1 >= 0).all()
+
+
+# --------------------------------------------------------------------------- report
+
+def test_report_is_self_contained_html(snap):
+    html = to_html(snap, "my run", note="predict first")
+    assert html.lstrip().lower().startswith("<!doctype html>")
+    assert re.search(r"<script[^>]*\bsrc\s*=", html, re.IGNORECASE) is None  # nothing fetched
+    assert len(re.findall(r"plotly\.js v\d", html)) == 1  # plotly.js inlined once
+    assert "<title>my run</title>" in html and "predict first" in html
+    assert html.count("Plotly.newPlot") == len(FIGURES)
+    for spec in FIGURES:
+        assert spec.caption.replace("'", "&#x27;") in html
+    assert "boom" in html and "diverged at step" in html
+
