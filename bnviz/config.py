@@ -155,15 +155,17 @@ def parse_value(key: str, raw: Any) -> Any:
         raise ConfigError(f"{key}: unknown field; known fields: {', '.join(FIELD_BY_NAME)}")
     if isinstance(raw, str):
         raw = raw.strip()
+        shown = raw if len(raw) <= 40 else raw[:37] + "..."  # messages stay one short line
         if field.type is int:
-            if not re.fullmatch(r"[+-]?\d+", raw):
-                raise ConfigError(f"{key}: expected an integer, got {raw!r}")
+            # 30 digits is far beyond every bound; longer strings would only exhaust int().
+            if not re.fullmatch(r"[+-]?\d{1,30}", raw):
+                raise ConfigError(f"{key}: expected an integer, got {shown!r}")
             return int(raw)
         if field.type is float:
             try:
                 return float(raw)
             except ValueError:
-                raise ConfigError(f"{key}: expected a number, got {raw!r}") from None
+                raise ConfigError(f"{key}: expected a number, got {shown!r}") from None
         return raw
     if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
         raise ConfigError(f"{key}: expected {_type_word(field)}, got {raw!r}")
@@ -172,7 +174,10 @@ def parse_value(key: str, raw: Any) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {raw!r}")
         return int(raw)
     if field.type is float:
-        return float(raw)
+        try:
+            return float(raw)
+        except OverflowError:
+            raise ConfigError(f"{key}: expected a finite number, got an integer of {len(str(raw))} digits") from None
     raise ConfigError(f"{key}: expected {_type_word(field)}, got {raw!r}")
 
 
@@ -242,8 +247,10 @@ class Comparison:
     def from_json(cls, text: str) -> "Comparison":
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except json.JSONDecodeError as exc:
             raise ConfigError(f"config: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        except ValueError as exc:  # e.g. an integer literal beyond Python's digit limit, bad encoding
+            raise ConfigError(f"config: not valid JSON ({str(exc).splitlines()[0][:80]})") from None
         if not isinstance(data, dict) or not isinstance(data.get("variants"), dict):
             raise ConfigError('config: expected {"variants": {"NAME": {field: value, ...}, ...}}')
         extra = set(data) - {"variants"}
@@ -303,7 +310,8 @@ class Comparison:
         # Collect the changes per variant first, so that cross-field checks (e.g. norm=batch
         # with batch_size=1) see the final values, whatever the order of the pairs.
         changes: dict[str, dict[str, Any]] = {n: {} for n in variants}
-        for key, value in items:
+        # Shared keys first, so `bn.lr=0.1` wins over `lr=0.3` whatever their order.
+        for key, value in sorted(items, key=lambda kv: "." in kv[0]):
             if key == "variants":
                 continue
             name, _, field = key.rpartition(".")

@@ -122,9 +122,6 @@ def test_bad_input_exits_2_with_one_line_and_no_traceback(case, tmp_path, bad_js
     assert proc.stdout == ""
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="BUG: an integer field given more than 4300 digits (--set steps=111...) raises Python's "
-                          "plain ValueError from int(), which cli.main does not catch: traceback, exit 1")
 def test_int_field_with_a_5000_digit_value_exits_2(capsys, tmp_path):
     rc, _, err = main(capsys, "run", "--preset", "quick-look", "--set", "steps=" + "1" * 5000,
                       "--out", str(tmp_path / "out"))

@@ -395,24 +395,14 @@ def test_property_garbage_json_values_raise_only_config_error(field, raw):
         assert str(exc) and "\n" not in str(exc)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="BUG: parse_value calls int() on any all-digit string; above 4300 digits Python's "
-                          "int-conversion limit raises a plain ValueError, so a long steps=111... in --set or a "
-                          "shared URL escapes ConfigError (the CLI prints a traceback)")
 def test_int_field_string_over_4300_digits_raises_config_error():
     config_error(Comparison.from_flat, [("steps", "1" * 5000)])
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="BUG: parse_value calls float() on a JSON integer; one above ~1e308 raises "
-                          "OverflowError instead of ConfigError")
 def test_float_field_huge_json_integer_raises_config_error():
     config_error(Comparison.from_json, '{"variants": {"a": {"lr": 1' + "0" * 400 + "}}}")
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="BUG: from_json catches only JSONDecodeError; json.loads raises a plain ValueError "
-                          "for an integer literal over 4300 digits")
 def test_json_integer_literal_over_4300_digits_raises_config_error():
     config_error(Comparison.from_json, '{"variants": {"a": {"steps": 1' + "0" * 5000 + "}}}")
 
@@ -482,3 +472,9 @@ def test_paper_fig1_matches_the_papers_setup():
     assert all(b.linear.bias is not None for b in plain_net.hidden)
     assert all(isinstance(b.norm, torch.nn.BatchNorm1d) for b in bn_net.hidden)
 
+
+
+def test_a_per_variant_key_wins_over_a_shared_key_in_any_order():
+    for pairs in (["variants=plain,bn", "bn.lr=0.1", "lr=0.3"], ["variants=plain,bn", "lr=0.3", "bn.lr=0.1"]):
+        cmp = Comparison.from_flat(pairs)
+        assert cmp.variants["bn"].lr == 0.1 and cmp.variants["plain"].lr == 0.3
