@@ -44,25 +44,23 @@ class DecimatedTable:
     def append(self, steps: np.ndarray, rows: np.ndarray) -> None:
         """Append rows (k, width) recorded at ``steps`` (k,)."""
         for step, row in zip(steps, rows):
-            if self.stride == 1:  # fast path: no bucket to fill
-                self._commit(int(step), row)
-                continue
             self._acc += row
             self._acc_n += 1
-            if self._acc_n == self.stride:
-                self._commit(int(step), self._acc / self._acc_n)
-                self._acc[:] = 0
-                self._acc_n = 0
-
-    def _commit(self, step: int, row: np.ndarray) -> None:
-        if self.n == self.capacity:
-            half = self.capacity // 2
-            self.values[:half] = (self.values[0::2] + self.values[1::2]) / 2
-            self.steps[:half] = self.steps[1::2]
-            self.n, self.stride = half, self.stride * 2
-        self.steps[self.n] = step
-        self.values[self.n] = row
-        self.n += 1
+            if self._acc_n < self.stride:
+                continue
+            if self.n == self.capacity:
+                # Full: merge stored pairs (all of equal size), double the stride, and keep
+                # filling the open bucket, which now holds half of a new-size bucket.
+                half = self.capacity // 2
+                self.values[:half] = (self.values[0::2] + self.values[1::2]) / 2
+                self.steps[:half] = self.steps[1::2]
+                self.n, self.stride = half, self.stride * 2
+                continue
+            self.steps[self.n] = step
+            self.values[self.n] = self._acc / self._acc_n
+            self.n += 1
+            self._acc[:] = 0
+            self._acc_n = 0
 
     def copy(self) -> tuple[np.ndarray, np.ndarray]:
         return self.steps[: self.n].copy(), self.values[: self.n].copy()
@@ -161,6 +159,8 @@ class RunLog:
             self._variants[name].evals.append(np.array([step]), np.array([[loss, acc]]))
 
     def append_hist(self, name: str, steps: np.ndarray, hists: np.ndarray) -> None:
+        if not len(steps):  # e.g. a variant that diverged before its first histogram
+            return
         with self._lock:
             self._variants[name].hists.append(steps, hists.reshape(len(steps), -1))
 
@@ -206,10 +206,10 @@ class RunLog:
             per_layer = rows[:, len(STEP_METRICS):].reshape(len(rows), n_layers, len(LAYER_METRICS))
             series.update({m: per_layer[:, :, j] for j, m in enumerate(LAYER_METRICS)})
             variants[n] = VariantSnapshot(
-                name=n, config=v.config, layers=v.layers, status=status, step=step, diverged_at=dv, message=msg,
+                name=n, config=dict(v.config), layers=list(v.layers), status=status, step=step, diverged_at=dv, message=msg,
                 steps=steps, series=series, eval_steps=esteps,
                 evals={m: evals[:, i] for i, m in enumerate(EVAL_METRICS)},
-                hist_steps=hsteps, hists=hists.reshape(len(hsteps), n_layers, len(self.hist_edges) - 1), hist_edges=self.hist_edges,
+                hist_steps=hsteps, hists=hists.reshape(len(hsteps), n_layers, len(self.hist_edges) - 1), hist_edges=self.hist_edges.copy(),
             )
         return RunSnapshot(variants, events, state, rate, notices)
 

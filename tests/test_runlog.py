@@ -69,11 +69,6 @@ def test_decimated_constant_series_stays_constant():
     assert np.array_equal(values, np.tile(np.float32([1.5, -2.0, 7.0]), (table.n, 1)))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: DecimatedTable._commit, on a full table, halves it (stride doubles) and "
-                                       "then stores the incoming row, a bucket of the OLD stride, as if it were a "
-                                       "bucket of the new one; the next halving averages unequal buckets with equal "
-                                       "weights, so bucket sizes become uneven and a stored row is no longer the mean "
-                                       "of its bucket (a 1,000,000-row ramp is off by up to 32)")
 @pytest.mark.parametrize("capacity, n", [(4, 9), (16, 1000), (64, 100_000)])
 def test_decimated_ramp_rows_equal_the_mean_of_their_buckets(capacity, n):
     table = DecimatedTable(width=1, capacity=capacity)
@@ -154,8 +149,6 @@ def test_snapshot_arrays_are_copies():
     assert fresh.events == [] and fresh.notices == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: RunLog.snapshot hands out the log's own config dict, layers list and "
-                                       "hist_edges array (not copies), so a reader mutating a 'copy' changes the log")
 def test_snapshot_config_layers_and_edges_are_copies():
     log = make_log(variants=("plain",))
     v = log.snapshot().variants["plain"]

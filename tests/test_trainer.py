@@ -71,12 +71,6 @@ def test_csv_marks_the_divergence_step():
     assert max(int(r["step"]) for r in rows if r["variant"] == "plain") == snap.variants["plain"].diverged_at
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="BUG: when a variant diverges before any of its pending histograms (e.g. lr=1e6 with the "
-                          "default hist_every=10: diverged at step 3, first histogram at step 10), Trainer.flush "
-                          "passes an empty (0, L, bins) array to RunLog.append_hist, whose "
-                          "hists.reshape(len(steps), -1) raises 'cannot reshape array of size 0' and the whole "
-                          "run crashes (CLI: traceback)")
 def test_early_divergence_with_default_hist_every_does_not_crash_the_run():
     trainer = Trainer(Comparison.from_flat(DIVERGING))
     trainer.run()
