@@ -76,6 +76,7 @@ FIELDS: tuple[Field, ...] = (
     Field("device", str, "where to train; auto picks cuda, then mps, then cpu", choices=DEVICES),
     Field("eval_every", int, "test loss and accuracy every k steps", low=1),
     Field("hist_every", int, "layer histograms every k steps", low=1),
+    Field("landscape_every", int, "ICS measure and smoothness probes every k steps (extra passes); 0: off", low=0),
     Field("tracked_unit", int, "the unit whose percentiles are tracked; -1 picks one by seed", low=-1),
 )
 FIELD_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
@@ -111,6 +112,7 @@ class RunConfig:
     device: str = "auto"
     eval_every: int = 100
     hist_every: int = 10
+    landscape_every: int = 0  # Santurkar et al.'s probes cost ~depth + 6 extra passes: off unless asked
     tracked_unit: int = -1
 
     def __post_init__(self) -> None:

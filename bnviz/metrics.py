@@ -14,8 +14,11 @@ LAYER_METRICS = (
     "grad_norm", "weight_norm", "update_ratio",
 )
 EVAL_METRICS = ("test_loss", "test_acc")
+# Santurkar et al. 2018, every ``landscape_every`` steps (they cost extra passes; see landscape.py):
+LANDSCAPE_LAYER_METRICS = ("ics_l2", "ics_cos")  # per hidden layer: ||G - G'|| and cos(G, G')
+LANDSCAPE_METRICS = ("loss_range", "grad_change", "beta_smoothness")  # along the gradient direction
 DIVERGED = "diverged"  # 1 at the step a variant's loss became NaN or infinite
-ALL_METRICS = STEP_METRICS + EVAL_METRICS + LAYER_METRICS + (DIVERGED,)
+ALL_METRICS = STEP_METRICS + EVAL_METRICS + LAYER_METRICS + LANDSCAPE_LAYER_METRICS + LANDSCAPE_METRICS + (DIVERGED,)
 
 LABELS = {
     "train_loss": "train loss",
@@ -27,5 +30,9 @@ LABELS = {
     "grad_norm": "weight-gradient norm ||dL/dW||",
     "weight_norm": "weight norm ||W||",
     "update_ratio": "update / weight ||ΔW|| / ||W||",
+    "ics_l2": "ICS ||G − G'||", "ics_cos": "ICS cos(G, G')",
+    "loss_range": "loss range along the gradient",
+    "grad_change": "gradient change ||∇L(w − ηg) − ∇L(w)||",
+    "beta_smoothness": "effective β-smoothness",
     DIVERGED: "diverged",
 }

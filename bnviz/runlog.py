@@ -18,7 +18,8 @@ from typing import Iterator
 
 import numpy as np
 
-from bnviz.metrics import DIVERGED, EVAL_METRICS, LAYER_METRICS, STEP_METRICS
+from bnviz.metrics import (DIVERGED, EVAL_METRICS, LANDSCAPE_LAYER_METRICS, LANDSCAPE_METRICS, LAYER_METRICS,
+                           STEP_METRICS)
 
 SCALAR_CAPACITY = 2048
 EVAL_CAPACITY = 1024
@@ -78,6 +79,7 @@ class VariantLog:
     scalars: DecimatedTable
     evals: DecimatedTable
     hists: DecimatedTable
+    landscape: DecimatedTable
     status: str = "running"  # running | finished | diverged | failed | stopped
     step: int = 0
     diverged_at: int | None = None
@@ -102,6 +104,8 @@ class VariantSnapshot:
     hist_steps: np.ndarray
     hists: np.ndarray  # (h, L, bins) fraction per bin
     hist_edges: np.ndarray  # (bins + 1,)
+    landscape_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    landscape: dict[str, np.ndarray] = field(default_factory=dict)  # ics_* -> (k, L); others -> (k,)
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,7 @@ class RunLog:
                 DecimatedTable(width, SCALAR_CAPACITY),
                 DecimatedTable(len(EVAL_METRICS), EVAL_CAPACITY),
                 DecimatedTable(len(layers) * (len(self.hist_edges) - 1), HIST_CAPACITY),
+                DecimatedTable(len(layers) * len(LANDSCAPE_LAYER_METRICS) + len(LANDSCAPE_METRICS), EVAL_CAPACITY),
             )
 
     # writers (the trainer) -------------------------------------------------------------
@@ -157,6 +162,12 @@ class RunLog:
     def append_eval(self, name: str, step: int, loss: float, acc: float) -> None:
         with self._lock:
             self._variants[name].evals.append(np.array([step]), np.array([[loss, acc]]))
+
+    def append_landscape(self, name: str, step: int, per_layer: np.ndarray, overall: np.ndarray) -> None:
+        """per_layer (L, 2): ics_l2, ics_cos; overall (3,): loss_range, grad_change, beta_smoothness."""
+        row = np.concatenate([np.asarray(per_layer, dtype=np.float64).reshape(-1), np.asarray(overall, dtype=np.float64)])
+        with self._lock:
+            self._variants[name].landscape.append(np.array([step]), row[None])
 
     def append_hist(self, name: str, steps: np.ndarray, hists: np.ndarray) -> None:
         if not len(steps):  # e.g. a variant that diverged before its first histogram
@@ -195,12 +206,13 @@ class RunLog:
     def snapshot(self) -> RunSnapshot:
         with self._lock:
             copies = {
-                n: (v, v.scalars.copy(), v.evals.copy(), v.hists.copy(), v.status, v.step, v.diverged_at, v.message)
+                n: (v, v.scalars.copy(), v.evals.copy(), v.hists.copy(), v.landscape.copy(), v.status, v.step,
+                    v.diverged_at, v.message)
                 for n, v in self._variants.items()
             }
             events, notices, state, rate = list(self._events), list(self._notices), self.state, self._rate[2]
         variants = {}
-        for n, (v, (steps, rows), (esteps, evals), (hsteps, hists), status, step, dv, msg) in copies.items():
+        for n, (v, (steps, rows), (esteps, evals), (hsteps, hists), (lsteps, lrows), status, step, dv, msg) in copies.items():
             n_layers = len(v.layers)
             series = {m: rows[:, i] for i, m in enumerate(STEP_METRICS)}
             per_layer = rows[:, len(STEP_METRICS):].reshape(len(rows), n_layers, len(LAYER_METRICS))
@@ -210,13 +222,22 @@ class RunLog:
                 steps=steps, series=series, eval_steps=esteps,
                 evals={m: evals[:, i] for i, m in enumerate(EVAL_METRICS)},
                 hist_steps=hsteps, hists=hists.reshape(len(hsteps), n_layers, len(self.hist_edges) - 1), hist_edges=self.hist_edges.copy(),
+                landscape_steps=lsteps, landscape=_split_landscape(lrows, n_layers),
             )
         return RunSnapshot(variants, events, state, rate, notices)
 
     @property
     def nbytes(self) -> int:
         with self._lock:
-            return sum(t.nbytes for v in self._variants.values() for t in (v.scalars, v.evals, v.hists))
+            return sum(t.nbytes for v in self._variants.values() for t in (v.scalars, v.evals, v.hists, v.landscape))
+
+
+def _split_landscape(rows: np.ndarray, n_layers: int) -> dict[str, np.ndarray]:
+    per_layer = rows[:, : n_layers * len(LANDSCAPE_LAYER_METRICS)].reshape(len(rows), n_layers, len(LANDSCAPE_LAYER_METRICS))
+    out = {m: per_layer[:, :, j] for j, m in enumerate(LANDSCAPE_LAYER_METRICS)}
+    rest = rows[:, n_layers * len(LANDSCAPE_LAYER_METRICS):]
+    out.update({m: rest[:, j] for j, m in enumerate(LANDSCAPE_METRICS)})
+    return out
 
 
 # tidy export -----------------------------------------------------------------------------
@@ -235,6 +256,12 @@ def tidy_rows(snap: RunSnapshot) -> Iterator[tuple[str, int, str, str, float]]:
         for i, step in enumerate(v.eval_steps.tolist()):
             for m in EVAL_METRICS:
                 yield name, step, "", m, float(v.evals[m][i])
+        for i, step in enumerate(v.landscape_steps.tolist()):
+            for j, layer in enumerate(v.layers):
+                for m in LANDSCAPE_LAYER_METRICS:
+                    yield name, step, layer, m, float(v.landscape[m][i, j])
+            for m in LANDSCAPE_METRICS:
+                yield name, step, "", m, float(v.landscape[m][i])
         if v.diverged_at is not None:
             yield name, v.diverged_at, "", DIVERGED, 1.0
 

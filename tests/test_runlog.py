@@ -8,7 +8,8 @@ import io
 import numpy as np
 import pytest
 
-from bnviz.metrics import ALL_METRICS, DIVERGED, EVAL_METRICS, LAYER_METRICS, STEP_METRICS
+from bnviz.metrics import (ALL_METRICS, DIVERGED, EVAL_METRICS, LANDSCAPE_LAYER_METRICS, LANDSCAPE_METRICS,
+                           LAYER_METRICS, STEP_METRICS)
 from bnviz.probes import HIST_BINS, HIST_EDGES
 from bnviz.runlog import CSV_HEADER, DecimatedTable, RunLog, to_csv, tidy_rows
 
@@ -215,6 +216,7 @@ def _recorded_log() -> RunLog:
     for name in ("plain", "bn"):
         log.append_eval(name, 0, 2.3, 0.1)
     log.append_eval("bn", 4, 0.25, 0.75)
+    log.append_landscape("bn", 4, np.full((len(LAYERS), 2), 0.5), np.array([0.1, 0.2, 0.3]))
     log.set_status("plain", "diverged", "plain: NaN", diverged_at=3)
     return log
 
@@ -232,7 +234,7 @@ def test_csv_header_is_variant_step_layer_metric_value():
 def test_csv_has_every_metric_and_empty_layer_for_whole_network_metrics():
     rows = _parse(to_csv(_recorded_log().snapshot()))
     assert {r["metric"] for r in rows} == set(ALL_METRICS)
-    whole = set(STEP_METRICS) | set(EVAL_METRICS) | {DIVERGED}
+    whole = set(STEP_METRICS) | set(EVAL_METRICS) | set(LANDSCAPE_METRICS) | {DIVERGED}
     for r in rows:
         if r["metric"] in whole:
             assert r["layer"] == "", r
@@ -240,8 +242,9 @@ def test_csv_has_every_metric_and_empty_layer_for_whole_network_metrics():
             assert r["layer"] in LAYERS, r
     for name in ("plain", "bn"):
         mine = [r for r in rows if r["variant"] == name]
+        layer_metrics = LAYER_METRICS + (LANDSCAPE_LAYER_METRICS if name == "bn" else ())
         assert {(r["layer"], r["metric"]) for r in mine if r["layer"]} == {
-            (layer, m) for layer in LAYERS for m in LAYER_METRICS}
+            (layer, m) for layer in LAYERS for m in layer_metrics}
 
 
 def test_csv_values_and_diverged_marker():
@@ -259,5 +262,6 @@ def test_csv_values_and_diverged_marker():
 def test_tidy_rows_count():
     rows = list(tidy_rows(_recorded_log().snapshot()))
     per_step = len(STEP_METRICS) + len(LAYERS) * len(LAYER_METRICS)
-    expected = (2 + 4) * per_step + (1 + 2) * len(EVAL_METRICS) + 1
+    landscape = len(LAYERS) * len(LANDSCAPE_LAYER_METRICS) + len(LANDSCAPE_METRICS)  # one row, for bn
+    expected = (2 + 4) * per_step + (1 + 2) * len(EVAL_METRICS) + landscape + 1
     assert len(rows) == expected
