@@ -7,6 +7,13 @@
 Writes DIR/config.json, DIR/metrics.csv (tidy: variant,step,layer,metric,value) and
 DIR/report.html (every figure, self-contained). Exit 0 when the run finished (diverged
 variants included), 2 with one line on stderr for bad input.
+
+A sweep preset (``high-lr``, ``small-batch``) runs its comparison once per value of its
+field and writes DIR/config.json (the base comparison), DIR/sweep.csv (one line per value
+x variant, see bnviz/sweep.py) and DIR/report.html (the sweep figure and the table), then
+prints the largest stable value per variant. ``--steps``, ``--seed`` and ``--set`` apply to
+every run. A ``--set`` of the swept field itself (e.g. ``--set plain.lr=1e6`` on high-lr),
+or ``--no-sweep``, runs the base comparison once instead.
 """
 
 from __future__ import annotations
@@ -39,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="seed (every variant)")
     run.add_argument("--out", required=True, help="output directory")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--no-sweep", action="store_true", help="on a sweep preset: run the base comparison once")
+    run.add_argument("--threshold", type=float,
+                     help="sweeps: test accuracy a value must reach to count as stable "
+                          "(default: 90%% of the best accuracy in the sweep)")
     return p
 
 
@@ -57,6 +68,70 @@ def _comparison(args) -> Comparison:
     return Comparison.from_flat(pairs, base=Comparison.from_json(text))
 
 
+def _sweep_of(args) -> tuple[str, tuple] | None:
+    """The preset's sweep, unless --no-sweep or a --set fixes the swept field."""
+    if not args.preset or args.no_sweep:
+        return None
+    sweep = presets.get(args.preset).sweep
+    if sweep is None:
+        return None
+    keys = {p.partition("=")[0].strip().rpartition(".")[2] for p in args.set}
+    return None if sweep[0] in keys else sweep
+
+
+def _out_dir(args) -> Path:
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out: cannot create {args.out!r} ({exc.strerror})") from None
+    return out
+
+
+def _run_sweep(args, comparison: Comparison, sweep: tuple[str, tuple]) -> int:
+    from tqdm import tqdm
+
+    from bnviz.sweep import plan, run_sweep, to_html
+
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise ConfigError(f"--threshold: must be between 0 and 1, got {args.threshold!r}")
+    field, values = sweep
+    spec = (comparison, field, values)
+    plan(spec)  # bad input (an unknown field) fails here, before any output
+    out = _out_dir(args)
+    (out / "config.json").write_text(comparison.to_json() + "\n", encoding="utf-8")
+    bar = tqdm(total=1, unit="step", disable=args.quiet, file=sys.stderr, smoothing=0.1,
+               desc=f"{args.preset}: {field} sweep")
+    last = [0]
+
+    def progress(p) -> None:
+        bar.total = p.steps_total
+        bar.set_postfix_str(f"{min(p.runs_done + 1, p.runs_total)}/{p.runs_total} runs", refresh=False)
+        bar.update(p.steps_done - last[0])
+        last[0] = p.steps_done
+
+    try:
+        result = run_sweep(spec, progress=progress)
+    finally:
+        bar.close()
+    best = max((r["test_acc"] for r in result.rows if r["test_acc"] is not None), default=0.0)
+    threshold = args.threshold if args.threshold is not None else round(0.9 * best, 3)
+    (out / "sweep.csv").write_text(result.to_csv(), encoding="utf-8")
+    preset = presets.get(args.preset)
+    (out / "report.html").write_text(to_html(result, f"bnviz: {args.preset} ({field} sweep)", preset.note,
+                                             threshold), encoding="utf-8")
+    for r in result.rows:
+        if r["status"] == "skipped":
+            print(f"{field}={r['value']} {r['variant']}: skipped ({r['message']})")
+    how = "" if args.threshold is not None else " (90% of the best in the sweep)"
+    print(f"largest stable {field} (no divergence, test accuracy >= {threshold:g}{how}):")
+    for name in result.variants:
+        hi, lo = result.largest_stable(name, threshold), result.smallest_stable(name, threshold)
+        print(f"  {name}: {'none' if hi is None else f'{hi:g} (smallest stable: {lo:g})'}")
+    print(f"wrote {out / 'config.json'}, {out / 'sweep.csv'}, {out / 'report.html'}")
+    return 0
+
+
 def _run(args) -> int:
     from tqdm import tqdm  # imported here: `presets` and bad input answer instantly
 
@@ -65,11 +140,10 @@ def _run(args) -> int:
     from bnviz.trainer import Trainer
 
     comparison = _comparison(args)
-    out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"--out: cannot create {args.out!r} ({exc.strerror})") from None
+    sweep = _sweep_of(args)
+    if sweep is not None:
+        return _run_sweep(args, comparison, sweep)
+    out = _out_dir(args)
     trainer = Trainer(comparison)
     for notice in trainer.log.snapshot().notices:
         print(f"bnviz: {notice}", file=sys.stderr)
@@ -106,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "presets":
             for p in presets.PRESETS.values():
-                print(f"{p.name:14s} {p.title}")
+                kind = f" [sweep over {p.sweep[0]}]" if p.sweep else ""
+                print(f"{p.name:14s} {p.title}{kind}")
             return 0
         return _run(args)
     except BnvizError as exc:

@@ -6,22 +6,30 @@ title and the one-line caption that tells a student what to look for.
 
 Payload stays bounded whatever the run length: the RunLog keeps a few thousand rows and
 ``_thin`` draws at most ``MAX_POINTS`` of them per trace (numpy arrays travel to the
-browser as compact typed arrays).
+browser as compact typed arrays). Charts are built as plain dicts on cached subplot grids
+(see ``_Canvas``), so a refresh of every chart takes milliseconds, not a second.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.subplots import make_subplots
 
 from bnviz.metrics import LABELS
 from bnviz.runlog import RunSnapshot, VariantSnapshot
 
-MAX_POINTS = 400
+# Points per line trace and histograms (columns) per heatmap: a subplot is a few hundred
+# pixels wide, and these keep one refresh of every chart of a 2-variant, 3-layer run under
+# 300 KB of JSON (bench/, docs/PERFORMANCE.md; it was 690 KB at 400 and 200).
+MAX_POINTS = 200
+HEATMAP_COLUMNS = 64
 PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#9D755D", "#EECA3B")
 LAYER_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                  "#bcbd22", "#17becf")
@@ -41,35 +49,132 @@ def _thin(n: int, max_points: int = MAX_POINTS) -> np.ndarray:
     return np.unique(idx)
 
 
-def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
-    fig.update_layout(
-        title=dict(text=title, x=0.01, xanchor="left"), height=height, font=FONT,
+def _layout_props(title: str, height: int) -> dict:
+    """The look every bnviz figure shares (plotly layout properties)."""
+    return dict(
+        title=dict(text=title, x=0.01, xanchor="left"), height=height, font=dict(FONT),
         margin=dict(l=60, r=20, t=100, b=50), template="plotly_white",
         legend=dict(orientation="h", yanchor="bottom", y=1.1, xanchor="right", x=1),
         uirevision="keep",  # keep zoom and legend toggles across live refreshes
         hovermode="x unified",
     )
+
+
+def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
+    fig.update_layout(**_layout_props(title, height))
     return fig
 
 
-def _mark_events(fig: go.Figure, snap: RunSnapshot, rows: int, cols: int, only: str | None = None) -> None:
+# Figures are assembled as plain dicts on a cached subplot grid and wrapped into a go.Figure
+# once, without plotly re-validating every property: make_subplots and per-trace validation
+# cost 20-80 ms per chart, the dicts a fraction of a millisecond. The JSON a figure sends is
+# what the plotly-object version sent (tests/test_figures.py, bench/).
+@functools.lru_cache(maxsize=64)
+def _grid(rows: int, cols: int, shared_xaxes: bool, shared_yaxes: bool, row_titles: tuple | None,
+          column_titles: tuple | None, subplot_titles: tuple | None, vertical_spacing: float | None,
+          horizontal_spacing: float | None) -> tuple[dict, tuple]:
+    """make_subplots' layout (axes, domains, title annotations) and grid, for every figure of this shape."""
+    kw = dict(rows=rows, cols=cols, shared_xaxes=shared_xaxes, shared_yaxes=shared_yaxes)
+    for key, value in (("row_titles", row_titles), ("column_titles", column_titles),
+                       ("subplot_titles", subplot_titles), ("vertical_spacing", vertical_spacing),
+                       ("horizontal_spacing", horizontal_spacing)):
+        if value is not None:
+            kw[key] = list(value) if isinstance(value, tuple) else value
+    fig = make_subplots(**kw)
+    layout = fig.layout.to_plotly_json()
+    layout.pop("template", None)
+    return layout, (fig._grid_ref, fig._grid_str)
+
+
+# Parts of a template that no 2-D cartesian chart of scatter and heatmap traces with explicit
+# colorscales reads: leaving them out changes nothing drawn, and each figure is sent with
+# its template (it was 7 KB of the JSON of every chart, and most of the time to copy it).
+_UNUSED_TEMPLATE_LAYOUT = ("polar", "ternary", "scene", "geo", "mapbox", "map", "coloraxis", "colorscale")
+
+
+@functools.lru_cache(maxsize=1)
+def _template() -> dict:
+    """plotly_white, less the defaults of trace types and subplot kinds bnviz does not draw."""
+    template = pio.templates["plotly_white"].to_plotly_json()
+    template["data"] = {k: v for k, v in template.get("data", {}).items() if k in ("scatter", "heatmap")}
+    template["layout"] = {k: v for k, v in template.get("layout", {}).items() if k not in _UNUSED_TEMPLATE_LAYOUT}
+    return template
+
+
+@functools.lru_cache(maxsize=8)
+def _colorscale(name: str) -> list:
+    return [list(stop) for stop in go.Heatmap(colorscale=name).colorscale]
+
+
+class _Canvas:
+    """A figure under construction as plain dicts on a make_subplots grid."""
+
+    def __init__(self, rows: int = 1, cols: int = 1, shared_xaxes: bool = False, shared_yaxes: bool = False,
+                 row_titles=None, column_titles=None, subplot_titles=None, vertical_spacing=None,
+                 horizontal_spacing=None):
+        t = lambda v: tuple(v) if v is not None else None  # noqa: E731
+        layout, self.grid = _grid(rows, cols, shared_xaxes, shared_yaxes, t(row_titles), t(column_titles),
+                                  t(subplot_titles), vertical_spacing, horizontal_spacing)
+        self.layout = copy.deepcopy(layout)
+        self.rows, self.cols = rows, cols
+        self.data: list[dict] = []
+        self.used: set[tuple[int, int]] = set()  # subplots that hold a trace
+
+    def add(self, trace: dict, row: int = 1, col: int = 1) -> None:
+        trace.update(self.grid[0][row - 1][col - 1][0].trace_kwargs)
+        self.data.append(trace)
+        self.used.add((row, col))
+
+    def update_axes(self, which: str, row: int | None = None, col: int | None = None, **props) -> None:
+        """Like fig.update_xaxes / update_yaxes: every axis of the grid in that row and column."""
+        for r in range(1, self.rows + 1):
+            for c in range(1, self.cols + 1):
+                if (row is None or r == row) and (col is None or c == col):
+                    axis = self.layout.setdefault(self.grid[0][r - 1][c - 1][0].layout_keys[which == "y"], {})
+                    for key, value in props.items():
+                        if key == "title_text":
+                            axis.setdefault("title", {})["text"] = value
+                        else:
+                            axis[key] = value
+
+    def vline(self, x, line: dict, row: int, col: int) -> None:
+        """fig.add_vline(x, line=..., row=, col=): nothing on a subplot without traces, as plotly does."""
+        if (row, col) in self.used:
+            ref = self.grid[0][row - 1][col - 1][0].trace_kwargs
+            self.layout.setdefault("shapes", []).append(
+                {"line": line, "type": "line", "x0": x, "x1": x, "xref": ref["xaxis"], "y0": 0, "y1": 1,
+                 "yref": f"{ref['yaxis']} domain"})
+
+    def annotate(self, **props) -> None:
+        self.layout.setdefault("annotations", []).append(props)
+
+    def figure(self, title: str, height: int, hovermode: str | None = None) -> go.Figure:
+        self.layout.update(_layout_props(title, height))
+        self.layout["template"] = _template()
+        if hovermode is not None:
+            self.layout["hovermode"] = hovermode
+        fig = go.Figure(data=self.data, layout=self.layout, _validate=False)
+        fig._grid_ref, fig._grid_str = self.grid  # so fig.add_trace(row=, col=) / select_traces work as usual
+        return fig
+
+
+def _mark_events(canvas: _Canvas, snap: RunSnapshot, rows: int, cols: int, only: str | None = None) -> None:
     """Dotted lines where a variant diverged; grey ones where the learning rate changed."""
     for v in snap.variants.values():
         if v.diverged_at is not None and (only is None or only == v.name):
             for r in range(1, rows + 1):
                 for c in range(1, cols + 1):
-                    fig.add_vline(x=v.diverged_at, line=dict(color=variant_color(snap, v.name), dash="dot", width=2),
-                                  row=r, col=c)
-            fig.add_annotation(x=v.diverged_at, y=1, yref="paper", text=f"{v.name} diverged", showarrow=False,
-                               font=dict(color=variant_color(snap, v.name)), xanchor="left", yanchor="bottom",
-                               xref="x")
+                    canvas.vline(v.diverged_at, dict(color=variant_color(snap, v.name), dash="dot", width=2), r, c)
+            canvas.annotate(font=dict(color=variant_color(snap, v.name)), showarrow=False, text=f"{v.name} diverged",
+                            x=v.diverged_at, xanchor="left", xref="x", y=1, yanchor="bottom", yref="paper")
     for e in snap.events:
         if e.text.startswith("lr"):
             for r in range(1, rows + 1):
                 for c in range(1, cols + 1):
-                    fig.add_vline(x=e.step, line=dict(color="#888", dash="dash", width=1), row=r, col=c)
-            fig.add_annotation(x=e.step, y=1, yref="paper", xref="x", showarrow=False, yanchor="bottom",
-                               text=e.text + (f" ({e.variant})" if e.variant else ""), font=dict(color="#666", size=11))
+                    canvas.vline(e.step, dict(color="#888", dash="dash", width=1), r, c)
+            canvas.annotate(font=dict(color="#666", size=11), showarrow=False,
+                            text=e.text + (f" ({e.variant})" if e.variant else ""), x=e.step, xref="x", y=1,
+                            yanchor="bottom", yref="paper")
 
 
 def _layers(snap: RunSnapshot) -> list[str]:
@@ -82,20 +187,19 @@ def _layers(snap: RunSnapshot) -> list[str]:
 
 # 1. loss and accuracy -------------------------------------------------------------------
 def loss_accuracy(snap: RunSnapshot) -> go.Figure:
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("train loss", "test accuracy"), horizontal_spacing=0.08)
+    cv = _Canvas(rows=1, cols=2, subplot_titles=("train loss", "test accuracy"), horizontal_spacing=0.08)
     for v in snap.variants.values():
         color = variant_color(snap, v.name)
         i = _thin(len(v.steps))
-        fig.add_trace(go.Scatter(x=v.steps[i], y=v.series["train_loss"][i], name=v.name, legendgroup=v.name,
-                                 line=dict(color=color, width=2)), 1, 1)
-        fig.add_trace(go.Scatter(x=v.eval_steps, y=v.evals["test_acc"], name=v.name, legendgroup=v.name,
-                                 showlegend=False, mode="lines+markers", marker=dict(size=4),
-                                 line=dict(color=color, width=2)), 1, 2)
-    fig.update_yaxes(type="log", title_text="loss (log)", row=1, col=1)
-    fig.update_yaxes(title_text="accuracy", range=[0, 1.02], row=1, col=2)
-    fig.update_xaxes(title_text="step")
-    _mark_events(fig, snap, 1, 2)
-    return _layout(fig, "Loss and accuracy", 360)
+        cv.add(dict(type="scatter", x=v.steps[i], y=v.series["train_loss"][i], name=v.name, legendgroup=v.name,
+                    line=dict(color=color, width=2)), 1, 1)
+        cv.add(dict(type="scatter", x=v.eval_steps, y=v.evals["test_acc"], name=v.name, legendgroup=v.name,
+                    showlegend=False, mode="lines+markers", marker=dict(size=4), line=dict(color=color, width=2)), 1, 2)
+    cv.update_axes("y", row=1, col=1, type="log", title_text="loss (log)")
+    cv.update_axes("y", row=1, col=2, title_text="accuracy", range=[0, 1.02])
+    cv.update_axes("x", title_text="step")
+    _mark_events(cv, snap, 1, 2)
+    return cv.figure("Loss and accuracy", 360)
 
 
 # 2. percentile bands (the paper's Figure 1 b/c) -----------------------------------------
@@ -103,10 +207,11 @@ def percentile_bands(snap: RunSnapshot, unit: bool = False) -> go.Figure:
     prefix = "unit" if unit else "act"
     layers = _layers(snap)
     names = list(snap.variants)
-    fig = make_subplots(rows=len(names), cols=len(layers), shared_xaxes=True, shared_yaxes=True,
-                        row_titles=names, column_titles=layers, vertical_spacing=0.06, horizontal_spacing=0.02)
+    cv = _Canvas(rows=len(names), cols=len(layers), shared_xaxes=True, shared_yaxes=True, row_titles=names,
+                 column_titles=layers, vertical_spacing=0.06, horizontal_spacing=0.02)
     for r, v in enumerate(snap.variants.values(), start=1):
         color = variant_color(snap, v.name)
+        fill = _alpha(color, 0.25)
         i = _thin(len(v.steps))
         x = v.steps[i]
         for c, layer in enumerate(layers, start=1):
@@ -115,20 +220,18 @@ def percentile_bands(snap: RunSnapshot, unit: bool = False) -> go.Figure:
             j = v.layers.index(layer)
             lo, mid, hi = (v.series[f"{prefix}_p{q}"][i, j] for q in (15, 50, 85))
             first = r == 1 and c == 1
-            fig.add_trace(go.Scatter(x=x, y=hi, line=dict(width=0), showlegend=False, hoverinfo="skip"), r, c)
-            fig.add_trace(go.Scatter(x=x, y=lo, fill="tonexty", fillcolor=_alpha(color, 0.25), line=dict(width=0),
-                                     name="15th–85th percentile", legendgroup="band", showlegend=first,
-                                     hoverinfo="skip"), r, c)
-            fig.add_trace(go.Scatter(x=x, y=mid, line=dict(color=color, width=2), name="median",
-                                     legendgroup="median", showlegend=first,
-                                     hovertemplate=f"{v.name} {layer}<br>step %{{x}}<br>median %{{y:.3f}}<extra></extra>"),
-                          r, c)
+            cv.add(dict(type="scatter", x=x, y=hi, line=dict(width=0), showlegend=False, hoverinfo="skip"), r, c)
+            cv.add(dict(type="scatter", x=x, y=lo, fill="tonexty", fillcolor=fill, line=dict(width=0),
+                        name="15th–85th percentile", legendgroup="band", showlegend=first, hoverinfo="skip"), r, c)
+            cv.add(dict(type="scatter", x=x, y=mid, line=dict(color=color, width=2), name="median",
+                        legendgroup="median", showlegend=first,
+                        hovertemplate=f"{v.name} {layer}<br>step %{{x}}<br>median %{{y:.3f}}<extra></extra>"), r, c)
     what = "tracked unit" if unit else "whole layer"
-    fig.update_yaxes(matches="y")  # one scale for every variant: a wide band must look wide
-    fig.update_yaxes(title_text="input to nonlinearity", col=1)
-    fig.update_xaxes(title_text="step", row=len(names))
-    _mark_events(fig, snap, len(names), len(layers))
-    return _layout(fig, f"Pre-activation percentiles over time ({what})", 180 + 190 * len(names))
+    cv.update_axes("y", matches="y")  # one scale for every variant: a wide band must look wide
+    cv.update_axes("y", col=1, title_text="input to nonlinearity")
+    cv.update_axes("x", row=len(names), title_text="step")
+    _mark_events(cv, snap, len(names), len(layers))
+    return cv.figure(f"Pre-activation percentiles over time ({what})", 180 + 190 * len(names))
 
 
 def _alpha(hex_color: str, a: float) -> str:
@@ -149,7 +252,7 @@ def _display_range(snap: RunSnapshot) -> tuple[float, float]:
             hi.append(edges[min(int(np.searchsorted(cdf, 0.995)) + 1, len(edges) - 1)])
     if not lo:
         return -3.0, 3.0
-    m = max(abs(min(lo)), abs(max(hi)), 1.0)
+    m = float(max(abs(min(lo)), abs(max(hi)), 1.0))
     return -m, m
 
 
@@ -157,76 +260,80 @@ def histogram_heatmap(snap: RunSnapshot) -> go.Figure:
     layers = _layers(snap)
     names = list(snap.variants)
     lo, hi = _display_range(snap)
-    fig = make_subplots(rows=len(names), cols=len(layers), shared_xaxes=True, shared_yaxes=True,
-                        row_titles=names, column_titles=layers, vertical_spacing=0.06, horizontal_spacing=0.02)
+    cv = _Canvas(rows=len(names), cols=len(layers), shared_xaxes=True, shared_yaxes=True, row_titles=names,
+                 column_titles=layers, vertical_spacing=0.06, horizontal_spacing=0.02)
+    viridis = _colorscale("Viridis")
     for r, v in enumerate(snap.variants.values(), start=1):
         edges = v.hist_edges
         centers = (edges[:-1] + edges[1:]) / 2
         keep = (edges[1:] >= lo) & (edges[:-1] <= hi)
-        i = _thin(len(v.hist_steps), 200)
+        i = _thin(len(v.hist_steps), HEATMAP_COLUMNS)
+        if not len(v.hist_steps):
+            continue
+        # density per unit of value: bins are not of equal width on the value axis
+        dens_all = v.hists[i][:, :, keep] / np.diff(edges)[keep]  # (t, L, bins kept)
         for c, layer in enumerate(layers, start=1):
-            if layer not in v.layers or not len(v.hist_steps):
+            if layer not in v.layers:
                 continue
-            j = v.layers.index(layer)
-            # density per unit of value: bins are not of equal width on the value axis
-            dens = v.hists[i][:, j, keep] / np.diff(edges)[keep]
-            fig.add_trace(go.Heatmap(x=v.hist_steps[i], y=centers[keep], z=dens.T.astype(np.float32),
-                                     colorscale="Viridis", zmin=0, zmax=float(np.quantile(dens, 0.99)) or None,
-                                     showscale=(r == 1 and c == len(layers)),
-                                     colorbar=dict(title="density", len=0.6),
-                                     hovertemplate=f"{v.name} {layer}<br>step %{{x}}<br>value %{{y:.2f}}"
-                                                   "<br>density %{z:.3f}<extra></extra>"), r, c)
-    fig.update_yaxes(range=[lo, hi])
-    fig.update_yaxes(title_text="input to nonlinearity", col=1)
-    fig.update_xaxes(title_text="step", row=len(names))
-    _mark_events(fig, snap, len(names), len(layers))
-    fig = _layout(fig, "Distribution of each layer over time", 180 + 190 * len(names))
-    fig.update_layout(hovermode="closest")
-    return fig
+            dens = dens_all[:, v.layers.index(layer)]
+            trace = dict(type="heatmap", x=v.hist_steps[i], y=centers[keep], z=dens.T.astype(np.float32),
+                         colorscale=viridis, zmin=0, showscale=(r == 1 and c == len(layers)),
+                         colorbar=dict(title=dict(text="density"), len=0.6),
+                         hovertemplate=f"{v.name} {layer}<br>step %{{x}}<br>value %{{y:.2f}}"
+                                       "<br>density %{z:.3f}<extra></extra>")
+            zmax = float(np.quantile(dens, 0.99))
+            if zmax:
+                trace["zmax"] = zmax
+            cv.add(trace, r, c)
+    cv.update_axes("y", range=[lo, hi])
+    cv.update_axes("y", col=1, title_text="input to nonlinearity")
+    cv.update_axes("x", row=len(names), title_text="step")
+    _mark_events(cv, snap, len(names), len(layers))
+    return cv.figure("Distribution of each layer over time", 180 + 190 * len(names), hovermode="closest")
 
 
 # 4. current distribution ----------------------------------------------------------------
 def current_distribution(snap: RunSnapshot) -> go.Figure:
     layers = _layers(snap)
     lo, hi = _display_range(snap)
-    fig = make_subplots(rows=1, cols=len(layers), shared_yaxes=True, subplot_titles=layers, horizontal_spacing=0.03)
+    cv = _Canvas(rows=1, cols=len(layers), shared_yaxes=True, subplot_titles=layers, horizontal_spacing=0.03)
     for v in snap.variants.values():
         if not len(v.hist_steps):
             continue
         edges = v.hist_edges
         centers = (edges[:-1] + edges[1:]) / 2
         keep = (edges[1:] >= lo) & (edges[:-1] <= hi)
+        color = variant_color(snap, v.name)
         for c, layer in enumerate(layers, start=1):
             if layer not in v.layers:
                 continue
             dens = v.hists[-1, v.layers.index(layer), keep] / np.diff(edges)[keep]
-            fig.add_trace(go.Scatter(x=centers[keep], y=dens, name=v.name, legendgroup=v.name, showlegend=(c == 1),
-                                     fill="tozeroy", fillcolor=_alpha(variant_color(snap, v.name), 0.2),
-                                     line=dict(color=variant_color(snap, v.name), width=2, shape="hvh")), 1, c)
-    fig.update_xaxes(range=[lo, hi], title_text="input to nonlinearity")
-    fig.update_yaxes(title_text="density", col=1)
+            cv.add(dict(type="scatter", x=centers[keep], y=dens, name=v.name, legendgroup=v.name, showlegend=(c == 1),
+                        fill="tozeroy", fillcolor=_alpha(color, 0.2), line=dict(color=color, width=2, shape="hvh")),
+                   1, c)
+    cv.update_axes("x", range=[lo, hi], title_text="input to nonlinearity")
+    cv.update_axes("y", col=1, title_text="density")
     step = max((int(v.hist_steps[-1]) for v in snap.variants.values() if len(v.hist_steps)), default=0)
-    fig = _layout(fig, f"Distribution of each layer now (step {step})", 320)
-    fig.update_layout(hovermode="closest")
-    return fig
+    return cv.figure(f"Distribution of each layer now (step {step})", 320, hovermode="closest")
 
 
 # 5, 6. gradient norms and update ratios ---------------------------------------------------
 def _per_layer_lines(snap: RunSnapshot, metric: str, title: str, log: bool = True) -> go.Figure:
     names = list(snap.variants)
-    fig = make_subplots(rows=1, cols=len(names), shared_yaxes=True, subplot_titles=names, horizontal_spacing=0.04)
+    cv = _Canvas(rows=1, cols=len(names), shared_yaxes=True, subplot_titles=names, horizontal_spacing=0.04)
     for c, v in enumerate(snap.variants.values(), start=1):
         i = _thin(len(v.steps))
+        ys = v.series[metric][i]
+        if log:
+            ys = np.where(ys > 0, ys, np.nan)
         for j, layer in enumerate(v.layers):
-            y = v.series[metric][i, j]
-            fig.add_trace(go.Scatter(x=v.steps[i], y=np.where(y > 0, y, np.nan) if log else y, name=layer,
-                                     legendgroup=layer, showlegend=(c == 1),
-                                     line=dict(color=LAYER_PALETTE[j % len(LAYER_PALETTE)], width=2)), 1, c)
-    fig.update_yaxes(type="log" if log else "linear")
-    fig.update_yaxes(title_text=LABELS[metric], col=1)
-    fig.update_xaxes(title_text="step")
-    _mark_events(fig, snap, 1, len(names))
-    return _layout(fig, title, 340)
+            cv.add(dict(type="scatter", x=v.steps[i], y=np.ascontiguousarray(ys[:, j]), name=layer, legendgroup=layer, showlegend=(c == 1),
+                        line=dict(color=LAYER_PALETTE[j % len(LAYER_PALETTE)], width=2)), 1, c)
+    cv.update_axes("y", type="log" if log else "linear")
+    cv.update_axes("y", col=1, title_text=LABELS[metric])
+    cv.update_axes("x", title_text="step")
+    _mark_events(cv, snap, 1, len(names))
+    return cv.figure(title, 340)
 
 
 def grad_norms(snap: RunSnapshot) -> go.Figure:
@@ -253,42 +360,41 @@ def shift_series(v: VariantSnapshot, window: int = SHIFT_WINDOW) -> tuple[np.nda
 
 def shift_scores(snap: RunSnapshot) -> go.Figure:
     layers = _layers(snap)
-    fig = make_subplots(rows=1, cols=len(layers), shared_yaxes=True, subplot_titles=layers, horizontal_spacing=0.03)
+    cv = _Canvas(rows=1, cols=len(layers), shared_yaxes=True, subplot_titles=layers, horizontal_spacing=0.03)
     for v in snap.variants.values():
         steps, w1 = shift_series(v)
         i = _thin(len(steps))
+        color = variant_color(snap, v.name)
         for c, layer in enumerate(layers, start=1):
             if layer in v.layers and len(steps):
-                fig.add_trace(go.Scatter(x=steps[i], y=w1[i, v.layers.index(layer)], name=v.name,
-                                         legendgroup=v.name, showlegend=(c == 1),
-                                         line=dict(color=variant_color(snap, v.name), width=2)), 1, c)
-    fig.update_yaxes(type="log", title_text="W1 shift (log)", col=1)
-    fig.update_xaxes(title_text="step")
-    _mark_events(fig, snap, 1, len(layers))
-    return _layout(fig, "Covariate shift score: how far each layer's input distribution moved", 320)
+                cv.add(dict(type="scatter", x=steps[i], y=w1[i, v.layers.index(layer)], name=v.name,
+                            legendgroup=v.name, showlegend=(c == 1), line=dict(color=color, width=2)), 1, c)
+    cv.update_axes("y", col=1, type="log", title_text="W1 shift (log)")
+    cv.update_axes("x", title_text="step")
+    _mark_events(cv, snap, 1, len(layers))
+    return cv.figure("Covariate shift score: how far each layer's input distribution moved", 320)
 
 
 # the paper's Figure 1 -------------------------------------------------------------------
 def paper_figure1(snap: RunSnapshot, plain: str = "plain", bn: str = "bn") -> go.Figure:
     """Ioffe & Szegedy 2015, Fig. 1: (a) test accuracy; (b, c) the tracked last-layer unit's percentiles."""
-    fig = make_subplots(rows=1, cols=3, subplot_titles=("(a) test accuracy", f"(b) without BN ({plain})",
-                                                        f"(c) with BN ({bn})"), horizontal_spacing=0.07)
+    cv = _Canvas(rows=1, cols=3, subplot_titles=("(a) test accuracy", f"(b) without BN ({plain})",
+                                                 f"(c) with BN ({bn})"), horizontal_spacing=0.07)
     for name in (plain, bn):
         v = snap.variants[name]
-        fig.add_trace(go.Scatter(x=v.eval_steps, y=v.evals["test_acc"], name=name,
-                                 line=dict(color=variant_color(snap, name), width=2)), 1, 1)
+        cv.add(dict(type="scatter", x=v.eval_steps, y=v.evals["test_acc"], name=name,
+                    line=dict(color=variant_color(snap, name), width=2)), 1, 1)
     for col, name in ((2, plain), (3, bn)):
         v = snap.variants[name]
         i, last = _thin(len(v.steps)), len(v.layers) - 1
         for q, dash in ((15, "dot"), (50, "solid"), (85, "dot")):
-            fig.add_trace(go.Scatter(x=v.steps[i], y=v.series[f"unit_p{q}"][i, last], name=f"{q}th percentile",
-                                     showlegend=(col == 2), legendgroup=f"p{q}",
-                                     line=dict(color="#333", dash=dash, width=2)), 1, col)
-    fig.update_yaxes(title_text="test accuracy", col=1)
-    fig.update_yaxes(title_text="input to one last-layer sigmoid", col=2)
-    fig.update_yaxes(matches="y2", col=3)
-    fig.update_xaxes(title_text="step")
-    return _layout(fig, "Ioffe & Szegedy 2015, Figure 1, as measured by bnviz", 380)
+            cv.add(dict(type="scatter", x=v.steps[i], y=v.series[f"unit_p{q}"][i, last], name=f"{q}th percentile",
+                        showlegend=(col == 2), legendgroup=f"p{q}", line=dict(color="#333", dash=dash, width=2)), 1, col)
+    cv.update_axes("y", col=1, title_text="test accuracy")
+    cv.update_axes("y", col=2, title_text="input to one last-layer sigmoid")
+    cv.update_axes("y", col=3, matches="y2")
+    cv.update_axes("x", title_text="step")
+    return cv.figure("Ioffe & Szegedy 2015, Figure 1, as measured by bnviz", 380)
 
 
 @dataclass(frozen=True)
@@ -319,3 +425,63 @@ FIGURES: tuple[FigureSpec, ...] = (
                f"Wasserstein-1 distance between each layer's distribution now and {SHIFT_WINDOW} histograms ago: "
                "the number that makes covariate shift concrete."),
 )
+
+
+# sweeps (bnviz/sweep.py) ------------------------------------------------------------------
+def sweep_figure(result_rows: list[dict], field: str, log_x: bool = True) -> go.Figure:
+    """Final test accuracy vs the swept value, one line per variant (rows of a SweepResult).
+
+    A diverged point is drawn at 0 with an x marker (its weights are NaN: it has no
+    accuracy); skipped values are left out. For variants whose norm uses batch statistics
+    a dashed line gives the train-mode accuracy (each test chunk normalized by its own
+    batch statistics), so the train/eval gap shows.
+    """
+    names: list[str] = []
+    for r in result_rows:
+        if r["variant"] not in names:
+            names.append(r["variant"])
+    fig = go.Figure()
+    any_diverged = False
+    for k, name in enumerate(names):
+        color = PALETTE[k % len(PALETTE)]
+        rows = [r for r in result_rows if r["variant"] == name and r["status"] != "skipped"]
+        x, y, symbols, hover = [], [], [], []
+        for r in rows:
+            x.append(r["value"])
+            if r["diverged"]:
+                any_diverged = True
+                y.append(0.0)
+                symbols.append("x")
+                hover.append(f"{name}, {field} = {r['value']:g}<br>diverged at step {r['diverged_at']}"
+                             if isinstance(r["value"], (int, float)) else f"{name}: diverged")
+            else:
+                acc = r["test_acc"]
+                y.append(acc if acc is not None else np.nan)
+                symbols.append("circle")
+                hover.append(f"{name}, {field} = {r['value']:g}<br>test accuracy {acc:.3f}"
+                             if acc is not None and isinstance(r["value"], (int, float)) else f"{name}: {acc}")
+        fig.add_trace(go.Scatter(x=x, y=y, name=name, legendgroup=name, mode="lines+markers",
+                                 line=dict(color=color, width=2),
+                                 marker=dict(symbol=symbols, size=[14 if s == "x" else 8 for s in symbols],
+                                             color=color, line=dict(width=0)),
+                                 hovertext=hover, hoverinfo="text"))
+        tm = [r for r in rows if r.get("train_mode_acc") is not None and not r["diverged"]]
+        if tm:
+            fig.add_trace(go.Scatter(
+                x=[r["value"] for r in tm], y=[r["train_mode_acc"] for r in tm], name=f"{name}, train mode",
+                legendgroup=name, mode="lines+markers", line=dict(color=color, width=1.5, dash="dash"),
+                marker=dict(size=5, color=color),
+                hovertext=[f"{name}, {field} = {r['value']}<br>train-mode accuracy {r['train_mode_acc']:.3f} "
+                           f"(batch statistics)" for r in tm], hoverinfo="text"))
+    fig.update_xaxes(type="log" if log_x else "linear", title_text=field)
+    ticks = sorted({r["value"] for r in result_rows if isinstance(r["value"], (int, float))})
+    if 0 < len(ticks) <= 12:  # label exactly the swept values
+        fig.update_xaxes(tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
+    fig.update_yaxes(range=[-0.02, 1.02], title_text="final test accuracy")
+    if any_diverged:
+        fig.add_annotation(x=1, y=0.02, xref="paper", yref="paper", xanchor="right", yanchor="bottom",
+                           showarrow=False, text="× = diverged (loss became NaN; drawn at 0)",
+                           font=dict(color="#666", size=11))
+    fig = _layout(fig, f"Final test accuracy vs {field} (dashed: train mode, batch statistics)", 420)
+    fig.update_layout(hovermode="closest")
+    return fig
