@@ -273,3 +273,46 @@ def to_csv(snap: RunSnapshot) -> str:
     for variant, step, layer, metric, value in tidy_rows(snap):
         writer.writerow((variant, step, layer, metric, str(np.float32(value))))  # shortest float32 text
     return buf.getvalue()
+
+
+def from_csv(text: str) -> RunSnapshot:
+    """Rebuild a snapshot (series, evaluations, landscape, divergence; no histograms) from ``to_csv``.
+
+    So a finished run's metrics.csv can be summarized or re-plotted without training again.
+    """
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows or tuple(rows[0]) != CSV_HEADER:
+        raise ValueError(f"not a bnviz metrics.csv (header must be {','.join(CSV_HEADER)})")
+    data: dict[str, dict] = {}
+    for variant, step, layer, metric, value in rows[1:]:
+        v = data.setdefault(variant, {"layers": [], "cells": {}})
+        if layer and layer not in v["layers"]:
+            v["layers"].append(layer)
+        v["cells"][(metric, layer, int(step))] = float(value)
+    variants = {}
+    for name, v in data.items():
+        cells, layers = v["cells"], v["layers"]
+
+        def steps_of(metrics) -> np.ndarray:
+            return np.array(sorted({s for (m, _, s) in cells if m in metrics}), dtype=np.int64)
+
+        def column(metric, steps, layer=""):
+            return np.array([cells.get((metric, layer, int(s)), np.nan) for s in steps], dtype=np.float32)
+
+        steps, esteps, lsteps = steps_of(STEP_METRICS), steps_of(EVAL_METRICS), steps_of(LANDSCAPE_METRICS)
+        series = {m: column(m, steps) for m in STEP_METRICS}
+        series.update({m: np.stack([column(m, steps, l) for l in layers], axis=1) if layers
+                       else np.zeros((len(steps), 0), np.float32) for m in LAYER_METRICS})
+        landscape = {m: column(m, lsteps) for m in LANDSCAPE_METRICS}
+        landscape.update({m: np.stack([column(m, lsteps, l) for l in layers], axis=1) if layers
+                          else np.zeros((len(lsteps), 0), np.float32) for m in LANDSCAPE_LAYER_METRICS})
+        diverged = [s for (m, _, s) in cells if m == DIVERGED]
+        variants[name] = VariantSnapshot(
+            name=name, config={}, layers=layers, status="diverged" if diverged else "finished",
+            step=int(max(steps.max(initial=0), esteps.max(initial=0))), diverged_at=diverged[0] if diverged else None,
+            message=None, steps=steps, series=series, eval_steps=esteps,
+            evals={m: column(m, esteps) for m in EVAL_METRICS},
+            hist_steps=np.zeros(0, np.int64), hists=np.zeros((0, len(layers), 0), np.float32),
+            hist_edges=np.zeros(1, np.float32), landscape_steps=lsteps, landscape=landscape,
+        )
+    return RunSnapshot(variants, [], "finished", 0.0)

@@ -265,3 +265,17 @@ def test_tidy_rows_count():
     landscape = len(LAYERS) * len(LANDSCAPE_LAYER_METRICS) + len(LANDSCAPE_METRICS)  # one row, for bn
     expected = (2 + 4) * per_step + (1 + 2) * len(EVAL_METRICS) + landscape + 1
     assert len(rows) == expected
+
+
+def test_csv_round_trips_series_evaluations_landscape_and_divergence():
+    from bnviz.runlog import from_csv
+    snap = _recorded_log().snapshot()
+    back = from_csv(to_csv(snap))
+    assert to_csv(back) == to_csv(snap)
+    assert back.variants["plain"].diverged_at == 3
+
+
+def test_from_csv_refuses_a_file_that_is_not_a_metrics_csv():
+    from bnviz.runlog import from_csv
+    with pytest.raises(ValueError, match="header"):
+        from_csv("a,b,c\n1,2,3\n")
