@@ -26,6 +26,7 @@ class Preset:
     # A sweep preset runs its comparison once per value of one field (bnviz/sweep.py):
     # (field name, values). ``comparison()`` is still the base, so the live lab can open it.
     sweep: tuple[str, tuple] | None = None
+    figures: tuple[str, ...] = ()  # extra figure functions of bnviz.figures its reports show first
 
     def comparison(self) -> Comparison:
         base = RunConfig.from_dict(self.base)
@@ -47,6 +48,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         claim="BN trains faster and higher; without BN the sigmoid input drifts in mean and variance.",
         base=dict(_FIG1, lr=0.5, init_scale=0.1, steps=50_000, eval_every=500),
         variants={"plain": {"norm": "none"}, "bn": {"norm": "batch", "placement": "before"}},
+        figures=("paper_figure1",),
     ),
     Preset(
         name="quick-look",
@@ -57,6 +59,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         claim="BN's test accuracy leads early; its pre-activations stay near zero mean, unit spread.",
         base=dict(_FIG1, dataset="mnist-mini", lr=0.5, init_scale=0.1, steps=3_000, eval_every=100),
         variants={"plain": {"norm": "none"}, "bn": {"norm": "batch"}},
+        figures=("paper_figure1",),
     ),
     Preset(
         name="deep-sigmoid",

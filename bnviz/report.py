@@ -8,13 +8,20 @@ from __future__ import annotations
 import html
 import json
 
-from bnviz.figures import FIGURES
+from typing import Callable, Sequence
+
+import plotly.graph_objects as go
+
+from bnviz.figures import FIGURES, FigureSpec
 from bnviz.runlog import RunSnapshot
 
 
-def to_html(snap: RunSnapshot, title: str = "bnviz run", note: str | None = None) -> str:
+def to_html(snap: RunSnapshot, title: str = "bnviz run", note: str | None = None,
+            extra: Sequence[Callable[[RunSnapshot], go.Figure]] = ()) -> str:
+    """``extra``: figure functions a preset names (e.g. the paper's Figure 1), shown first."""
     parts = []
-    for i, spec in enumerate(FIGURES):
+    specs = [FigureSpec(f.__name__, f, (f.__doc__ or "").strip().splitlines()[0]) for f in extra] + list(FIGURES)
+    for i, spec in enumerate(specs):
         fig_html = spec.build(snap).to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False,
                                             config={"displaylogo": False})
         parts.append(f"<section>{fig_html}<p class='caption'>{html.escape(spec.caption)}</p></section>")

@@ -218,3 +218,11 @@ def test_unwritable_out_dir_exits_2(capsys, tmp_path):
     blocker.write_text("x")
     rc, _, err = main(capsys, "run", "--preset", "quick-look", "--steps", "5", "--out", str(blocker / "sub"))
     assert_one_line_error(rc, err, "--out")
+
+
+def test_a_preset_that_names_the_papers_figure_puts_it_in_the_report(capsys, tmp_path):
+    rc, out, err = main(capsys, "run", "--preset", "quick-look", "--steps", "30", "--set", "eval_every=10", "--quiet",
+                        "--out", str(tmp_path / "o"))
+    assert rc == 0, err
+    html = (tmp_path / "o" / "report.html").read_text(encoding="utf-8")
+    assert "Figure 1, as measured by bnviz" in html
