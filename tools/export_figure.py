@@ -1,0 +1,42 @@
+"""Export a figure of a finished run to PNG for the docs (a developer tool, not the app).
+
+    python tools/export_figure.py out/paper-fig1 paper_figure1 docs/img/paper-fig1.png
+
+Reads the run's metrics.csv (no retraining), builds the figure with bnviz.figures, and
+renders it in headless Chromium (Debian's chromium; Playwright drives it).
+"""
+
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from playwright.sync_api import sync_playwright  # noqa: E402
+
+from bnviz import figures  # noqa: E402
+from bnviz.runlog import from_csv  # noqa: E402
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def main(run_dir: str, name: str, png: str, width: int = 1200) -> None:
+    snap = from_csv(Path(run_dir, "metrics.csv").read_text(encoding="utf-8"))
+    fig = getattr(figures, name)(snap)
+    fig.update_layout(width=width)
+    with tempfile.TemporaryDirectory() as tmp:
+        page_path = Path(tmp, "fig.html")
+        page_path.write_text(fig.to_html(include_plotlyjs="inline", full_html=True), encoding="utf-8")
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": width + 40, "height": int(fig.layout.height or 500) + 40})
+            page.goto(page_path.as_uri())
+            page.locator(".js-plotly-plot").wait_for()
+            page.locator(".js-plotly-plot").screenshot(path=png)
+            browser.close()
+    print(f"wrote {png}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
