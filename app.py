@@ -23,6 +23,8 @@ st.navigation([
     st.Page(live_lab, title="Live lab", icon=":material/science:", default=True),
     st.Page("pages/1_Paper_Figure_1.py", title="Paper Figure 1", icon=":material/article:"),
     st.Page("pages/2_BN_step_by_step.py", title="BN step by step", icon=":material/calculate:"),
+    st.Page("pages/3_Does_BN_reduce_covariate_shift.py", title="Does BN really reduce covariate shift?",
+            icon=":material/quiz:"),
     st.Page("pages/4_Batch_size_and_alternatives.py", title="Batch size and the alternatives",
             icon=":material/stacked_bar_chart:"),
 ]).run()

@@ -25,10 +25,11 @@ from plotly.subplots import make_subplots
 from bnviz.metrics import LABELS
 from bnviz.runlog import RunSnapshot, VariantSnapshot
 
-# Points per line trace and histograms (columns) per heatmap: a subplot is a few hundred
-# pixels wide, and these keep one refresh of every chart of a 2-variant, 3-layer run under
-# 300 KB of JSON (bench/, docs/PERFORMANCE.md; it was 690 KB at 400 and 200).
-MAX_POINTS = 200
+# Points per line trace (the live page's curves grow one point per logged step up to this
+# cap; tests/test_browser.py relies on it) and histograms (columns) per heatmap (a subplot
+# is ~340 px wide). One refresh of every chart of a 2-variant, 3-layer run is ~420 KB of
+# JSON with these; 200 points would make it 292 KB (bench/, docs/PERFORMANCE.md).
+MAX_POINTS = 400
 HEATMAP_COLUMNS = 64
 PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#9D755D", "#EECA3B")
 LAYER_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -41,8 +42,9 @@ def variant_color(snap: RunSnapshot, name: str) -> str:
     return PALETTE[list(snap.variants).index(name) % len(PALETTE)]
 
 
-def _thin(n: int, max_points: int = MAX_POINTS) -> np.ndarray:
-    """Indices of at most max_points evenly spread rows, always keeping the last."""
+def _thin(n: int, max_points: int | None = None) -> np.ndarray:
+    """Indices of at most max_points (default MAX_POINTS) evenly spread rows, always keeping the last."""
+    max_points = MAX_POINTS if max_points is None else max_points
     if n <= max_points:
         return np.arange(n)
     idx = np.linspace(0, n - 1, max_points).round().astype(int)
@@ -485,3 +487,44 @@ def sweep_figure(result_rows: list[dict], field: str, log_x: bool = True) -> go.
     fig = _layout(fig, f"Final test accuracy vs {field} (dashed: train mode, batch statistics)", 420)
     fig.update_layout(hovermode="closest")
     return fig
+
+
+# Santurkar et al. 2018: the ICS measure and the smoothness probes ------------------------
+def ics_figure(snap: RunSnapshot) -> go.Figure:
+    """Their ICS measure per layer: ||G − G'|| (0 is ideal) and cos(G, G') (1 is ideal), per variant."""
+    layers = _layers(snap)
+    cv = _Canvas(rows=2, cols=len(layers), shared_xaxes=True, row_titles=("||G − G'||", "cos(G, G')"),
+                 subplot_titles=layers, vertical_spacing=0.1, horizontal_spacing=0.04)
+    for v in snap.variants.values():
+        if not len(v.landscape_steps):
+            continue
+        color = variant_color(snap, v.name)
+        for c, layer in enumerate(layers, start=1):
+            if layer not in v.layers:
+                continue
+            j = v.layers.index(layer)
+            for r, metric in ((1, "ics_l2"), (2, "ics_cos")):
+                cv.add(dict(type="scatter", x=v.landscape_steps, y=np.ascontiguousarray(v.landscape[metric][:, j]),
+                            name=v.name, legendgroup=v.name, showlegend=(r == 1 and c == 1),
+                            mode="lines+markers", marker=dict(size=4), line=dict(color=color, width=2)), r, c)
+    cv.update_axes("y", row=1, type="log")
+    cv.update_axes("y", row=2, range=[-0.05, 1.05])
+    cv.update_axes("x", row=2, title_text="step")
+    return cv.figure("Internal covariate shift as Santurkar et al. measure it", 520)
+
+
+def smoothness_figure(snap: RunSnapshot) -> go.Figure:
+    """Loss range, gradient change and effective β-smoothness along the gradient direction (log scale)."""
+    metrics = ("loss_range", "grad_change", "beta_smoothness")
+    cv = _Canvas(rows=1, cols=3, subplot_titles=tuple(LABELS[m] for m in metrics), horizontal_spacing=0.07)
+    for v in snap.variants.values():
+        if not len(v.landscape_steps):
+            continue
+        for c, metric in enumerate(metrics, start=1):
+            y = np.asarray(v.landscape[metric], dtype=np.float64)
+            cv.add(dict(type="scatter", x=v.landscape_steps, y=np.where(y > 0, y, np.nan), name=v.name,
+                        legendgroup=v.name, showlegend=(c == 1), mode="lines+markers", marker=dict(size=4),
+                        line=dict(color=variant_color(snap, v.name), width=2)), 1, c)
+    cv.update_axes("y", type="log")
+    cv.update_axes("x", title_text="step")
+    return cv.figure("Loss landscape along the gradient (steps of 0.5–4 × lr)", 360)

@@ -110,6 +110,21 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         variants={"plain": {"norm": "none"}, "bn": {"norm": "batch"}, "noisy": {"norm": "noisy_batch"}},
     ),
     Preset(
+        name="ics-measure",
+        title="Santurkar et al. 2018: measure internal covariate shift directly",
+        note=("Predict: BN was introduced to reduce internal covariate shift. Measured as Santurkar et al. do "
+              "(how much a layer's gradient changes when the layers before it take their step), does the BN "
+              "net show LESS shift than the plain one? And how smooth is each net's loss along its gradient? "
+              "The probes cost extra passes, so they run every 100 steps, on a batch of their own."),
+        source="Santurkar, Tsipras, Ilyas, Madry 2018, arXiv 1805.11604, sections 2.2 and 3",
+        claim=("BN nets show similar or larger ICS by this measure, yet train better; their loss changes less "
+               "along the gradient and their gradients are more predictive."),
+        base=dict(_FIG1, dataset="mnist-mini", lr=0.5, init_scale=0.1, steps=3_000, eval_every=100,
+                  landscape_every=100),
+        variants={"plain": {"norm": "none"}, "bn": {"norm": "batch"}, "noisy": {"norm": "noisy_batch"}},
+        figures=("ics_figure", "smoothness_figure"),
+    ),
+    Preset(
         name="small-batch",
         title="Batch-size sweep: BN vs LayerNorm, GroupNorm and Batch Renorm",
         note=("Predict: from 256 down to 2 examples per batch, batch statistics get noisy. Which "

@@ -6,6 +6,13 @@ device in a row buffer; every ``flush_every`` steps one copy moves the block to 
 and into the RunLog. That is also where divergence is detected: the first non-finite
 train loss marks the variant diverged at that step and it stops; the others go on.
 
+When every variant is an MLP of one shape (``models.stack_key``: the paper's comparisons),
+the variants are stepped together as one ``models.StackedMLP``: batched products, backward
+written out by hand, probes reduced for all layers and variants at once. It records bit for
+bit what one autograd pass and one SGD step per variant record (``batched=False``, the path
+every other comparison takes; only update_ratio is computed from the optimizer's step, equal
+up to float rounding), about twice as fast (docs/PERFORMANCE.md).
+
 Run it synchronously (``run()``, for the CLI and tests) or on a worker thread
 (``start()``, then ``pause()`` / ``resume()`` / ``step()`` / ``stop()`` / ``set_lr()`` from
 any thread). The worker never touches UI code; readers use ``log.snapshot()``.
@@ -26,9 +33,10 @@ import torch.nn.functional as F
 from bnviz import data as datasets
 from bnviz.config import Comparison, RunConfig
 from bnviz.errors import ConfigError
-from bnviz.metrics import LAYER_METRICS, STEP_METRICS
-from bnviz.models import Net, build_model, hidden_names
-from bnviz.probes import HIST_BINS, HIST_EDGES, LayerProbes, weight_stats
+from bnviz.metrics import LANDSCAPE_METRICS, LAYER_METRICS, STEP_METRICS
+from bnviz.models import Net, StackedMLP, build_model, hidden_names, stack_key
+from bnviz.landscape import ics, smoothness
+from bnviz.probes import ACT_STATS, HIST_EDGES, LayerProbes, weight_stats
 from bnviz.runlog import RunLog
 
 EVAL_CHUNK = 2000  # test examples per forward pass in evaluation
@@ -60,6 +68,16 @@ class Sampler:
         idx = self.perm[self.pos: self.pos + self.batch_size]
         self.pos += self.batch_size
         return idx
+
+    def next_on(self, device: torch.device) -> torch.Tensor:
+        """``next()`` as indices on ``device``: one copy of the permutation per epoch, not one per step."""
+        if device.type == "cpu":
+            return self.next()
+        start = self.pos if self.pos + self.batch_size <= self.n else 0
+        idx = self.next()
+        if start == 0 or getattr(self, "_perm_on", None) is None or self._perm_on[0] is not self.perm:
+            self._perm_on = (self.perm, self.perm.to(device))
+        return self._perm_on[1][self.pos - self.batch_size: self.pos]
 
 
 @dataclass
@@ -95,9 +113,13 @@ def tracked_units(cfg: RunConfig) -> list[int]:
 class Trainer:
     """Trains a comparison in lockstep and records it into ``self.log``."""
 
-    def __init__(self, comparison: Comparison, flush_every: int = 25, single_thread: bool = False):
+    def __init__(self, comparison: Comparison, flush_every: int = 25, single_thread: bool = False,
+                 probes: bool = True, batched: bool = True):
         self.comparison = comparison
         self.flush_every = flush_every
+        # probes=False: record the train loss only (no activation or weight statistics, no
+        # histograms; their columns hold NaN), e.g. to measure what the probes cost.
+        self.probes = probes
         self.single_thread = single_thread  # a shared server gives each worker one core
         devices = {resolve_device(c.device) for c in comparison.variants.values()}
         self.device = next(iter(devices))[0]
@@ -112,10 +134,21 @@ class Trainer:
             self.variants.append(self._build(name, cfg))
         self.total_steps = max(v.cfg.steps for v in self.variants)
         self.step_count = 0
+        # batched=True: variants that are MLPs of one shape (models.stack_key) train as one
+        # StackedMLP, several times faster than one autograd pass per variant. False: the
+        # straightforward per-variant path (the reference the stacked path is tested against).
+        keys = {stack_key(v.cfg) for v in self.variants}
+        self.batched = batched and len(keys) == 1 and None not in keys
+        self._stack: StackedMLP | None = None
+        self._stack_members: list[int] = []  # indices of the variants in the stack
+        self._stack_probes: LayerProbes | None = None
+        self._stack_rows: slice | torch.Tensor = slice(0, 0)  # their rows in self._rows
         width = len(STEP_METRICS) + max(v.cfg.depth for v in self.variants) * len(LAYER_METRICS)
-        self._rows = torch.zeros(len(self.variants), flush_every, width, device=self.device)  # (V, K, D)
+        self._rows = torch.full((len(self.variants), flush_every, width), 0.0 if probes else math.nan,
+                                device=self.device)  # (V, K, D)
         self._row_steps: list[int] = []
         self._hists: dict[str, list[tuple[int, torch.Tensor]]] = {v.name: [] for v in self.variants}
+        self._landscape_samplers: dict[tuple, Sampler] = {}
         # thread control
         self._cond = threading.Condition()
         self._running = False
@@ -145,6 +178,7 @@ class Trainer:
         model = build_model(cfg, ds.input_shape, ds.n_classes, noise_generator=noise).to(self.device)
         model.train()
         probes = LayerProbes(model.hidden, tracked_units(cfg))
+        probes.enabled = self.probes
         weights = [b.linear.weight for b in model.hidden]
         layers = hidden_names(cfg.depth)
         self.log.add_variant(name, cfg.to_dict(), layers)
@@ -153,16 +187,99 @@ class Trainer:
     # one lockstep step -----------------------------------------------------------------
     def _step_all(self) -> None:
         step = self.step_count + 1
-        batches: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        for v in self.variants:
+            every = v.cfg.landscape_every
+            if v.live and every and self.step_count % every == 0:
+                self._measure_landscape(v)
         k = len(self._row_steps)
+        if self.batched:
+            self._step_stacked(step, k)
+        else:
+            self._step_each(step, k)
+        self._row_steps.append(step)
+        self.step_count = step
+        for v in self.variants:
+            if v.live and (step % v.cfg.eval_every == 0 or step == v.cfg.steps):
+                self.flush()  # a diverged variant is not evaluated past its divergence
+                if v.live:
+                    self._evaluate(v)
+        if len(self._row_steps) == self.flush_every:
+            self.flush()
+        for v in self.variants:
+            if v.live and v.step >= v.cfg.steps:
+                v.live = False
+                self.log.set_status(v.name, "finished")
+
+    def _restack(self, live: list[int]) -> None:
+        """(Re)build the stacked network of the live variants (their state carries over)."""
+        vs = [self.variants[i] for i in live]
+        self._stack = StackedMLP([v.model for v in vs], [v.cfg for v in vs], [v.optimizer for v in vs])
+        self._stack_members = live
+        n = len(vs)
+        # rows of the stacked pre-activations are (layer, variant); each variant's tracked unit per layer
+        units = [tracked_units(v.cfg)[layer] for layer in range(vs[0].cfg.depth) for v in vs]
+        self._stack_probes = LayerProbes([], units)
+        contiguous = live == list(range(live[0], live[0] + n))
+        self._stack_rows = slice(live[0], live[0] + n) if contiguous else torch.tensor(live, device=self.device)
+
+    def _step_stacked(self, step: int, k: int) -> None:
+        """One step of every live variant as one stacked MLP (see models.StackedMLP)."""
+        live = [i for i, v in enumerate(self.variants) if v.live]
+        if live != self._stack_members:
+            self._restack(live)
+        vs = [self.variants[i] for i in live]
+        v0 = vs[0]
+        x_train, y_train = self._tensors[v0.cfg.dataset][:2]
+        idx = self.samplers[v0.batch_key].next_on(self.device)
+        stack = self._stack
+        x = x_train.flatten(1).index_select(0, idx)  # = x_train[idx], flattened (a copy of whole rows)
+        loss, wstats = stack.step(x, y_train.index_select(0, idx), stats=self.probes)
+        if self.probes:
+            n_layers, n = stack.L, stack.V
+            probes = self._stack_probes
+            due = [j for j, v in enumerate(vs) if step % v.cfg.hist_every == 0]
+            # (L * V, N, C); step() is done with it, so the probes may reorder it
+            probes.observe(stack.preacts.flatten(0, 1), consumable=True)
+            act = probes.activation_stats().view(n_layers, n, -1)  # (L, V, 8)
+            if due:
+                hists = probes.histograms().view(n_layers, n, -1)
+                for j in due:
+                    self._hists[vs[j].name].append((step, hists[:, j]))
+            if isinstance(self._stack_rows, slice):  # write straight into the row buffer
+                block = self._rows[self._stack_rows, k]
+                m = len(LAYER_METRICS)
+                per_layer = block[:, 1: 1 + n_layers * m].view(n, n_layers, m)
+                per_layer[:, :, :ACT_STATS].copy_(act.transpose(0, 1))
+                per_layer[:, :, ACT_STATS:].copy_(wstats.transpose(0, 1))
+                block[:, 0].copy_(loss)
+            else:
+                per_layer = torch.cat([act, wstats], dim=2).transpose(0, 1).reshape(n, -1)  # (V, L * 11)
+                rows = torch.cat([loss[:, None], per_layer], dim=1)
+                self._rows[self._stack_rows, k, : rows.shape[1]] = rows
+        else:
+            self._rows[self._stack_rows, k, 0] = loss
+        for v in vs:
+            v.step = step
+
+    def _step_each(self, step: int, k: int) -> None:
+        """One step of every live variant, one autograd pass each (any model, norm, optimizer)."""
+        batches: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         for i, v in enumerate(self.variants):
             if not v.live:
                 continue
             if v.batch_key not in batches:
                 x_train, y_train = self._tensors[v.cfg.dataset][:2]
-                idx = self.samplers[v.batch_key].next().to(self.device)
+                idx = self.samplers[v.batch_key].next_on(self.device)
                 batches[v.batch_key] = (x_train[idx], y_train[idx])
             x, y = batches[v.batch_key]
+            if not self.probes:
+                v.optimizer.zero_grad(set_to_none=False)
+                loss = F.cross_entropy(v.model(x), y)
+                loss.backward()
+                v.optimizer.step()
+                self._rows[i, k, 0] = loss.detach()
+                v.step = step
+                continue
             with torch.no_grad():
                 before = [w.detach().clone() for w in v.weights]
             v.optimizer.zero_grad(set_to_none=False)
@@ -177,19 +294,6 @@ class Trainer:
                 row = torch.cat([loss.detach().reshape(1), torch.cat([act, weight_stats(v.weights, before)], 1).reshape(-1)])
                 self._rows[i, k, : row.numel()] = row
             v.step = step
-        self._row_steps.append(step)
-        self.step_count = step
-        for v in self.variants:
-            if v.live and (step % v.cfg.eval_every == 0 or step == v.cfg.steps):
-                self.flush()  # a diverged variant is not evaluated past its divergence
-                if v.live:
-                    self._evaluate(v)
-        if len(self._row_steps) == self.flush_every:
-            self.flush()
-        for v in self.variants:
-            if v.live and v.step >= v.cfg.steps:
-                v.live = False
-                self.log.set_status(v.name, "finished")
 
     def flush(self) -> None:
         """Move buffered rows and histograms to the RunLog; detect divergence."""
@@ -223,6 +327,28 @@ class Trainer:
                 self.log.append_hist(v.name, steps[keep], hists[keep])
                 pending.clear()
 
+    def _measure_landscape(self, v: Variant) -> None:
+        """Santurkar et al.'s ICS measure and smoothness probes at the current weights.
+
+        On a batch from a sampler of its own (seeded apart), so the training batches, and
+        with them every other number of the run, are the same with these probes on or off.
+        """
+        if v.batch_key not in self._landscape_samplers:
+            n_train = len(self._tensors[v.cfg.dataset][1])
+            self._landscape_samplers[v.batch_key] = Sampler(n_train, v.cfg.batch_size, v.cfg.seed + 104_729)
+        x_train, y_train = self._tensors[v.cfg.dataset][:2]
+        idx = self._landscape_samplers[v.batch_key].next_on(self.device)
+        x, y = x_train[idx], y_train[idx]
+        lr = v.optimizer.param_groups[0]["lr"]
+        v.probes.enabled = False  # these extra passes are not training steps
+        try:
+            dist, cos = ics(v.model, x, y, lr)
+            smooth = smoothness(v.model, x, y, lr)
+        finally:
+            v.probes.enabled = self.probes
+        per_layer = torch.stack([dist, cos], dim=1).cpu().numpy()  # (L, 2)
+        self.log.append_landscape(v.name, self.step_count, per_layer, [smooth[m] for m in LANDSCAPE_METRICS])
+
     def _mark_diverged(self, v: Variant, step: int) -> None:
         v.live, v.diverged_at = False, step
         self.log.set_status(v.name, "diverged", f"{v.name}: loss became NaN or infinite at step {step}", diverged_at=step)
@@ -240,7 +366,7 @@ class Trainer:
                 total_loss += F.cross_entropy(logits, y, reduction="sum")
                 correct += (logits.argmax(1) == y).sum()
         v.model.train()
-        v.probes.enabled = True
+        v.probes.enabled = self.probes
         loss, acc = total_loss.item() / len(y_test), correct.item() / len(y_test)
         if math.isfinite(loss):
             self.log.append_eval(v.name, v.step, loss, acc)
