@@ -2,15 +2,17 @@
 
 A ``Hook`` owns its handle (removed in ``finally`` or by ``with``; removing twice is
 safe). ``LayerProbes`` hooks every hidden block's ``preact`` point and, after a forward
-pass, reduces all layers AT ONCE on the device: one sort for the percentiles of every
-layer, one bincount for every histogram. Nothing leaves the device here; the trainer
-copies a block of rows to the host every few steps, so training never waits on a sync.
+pass, reduces all layers AT ONCE on the device: one sort of every layer's values gives
+the percentiles and, by a binary search per bin edge, the histograms. Nothing leaves the
+device here; the trainer copies a block of rows to the host every few steps, so training
+never waits on a sync.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -44,40 +46,129 @@ class Hook:
         self.remove()
 
 
+def sort_rows(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """``x`` sorted along its last dim (values only, NaN last), on x's device.
+
+    On the CPU this is numpy's vectorized sort, 10-20x faster than ``torch.sort`` on rows of
+    a few thousand floats (torch's CPU sort also sorts an index tensor along); elsewhere
+    ``torch.sort``. Both give the same values in the same order. ``inplace``: x may be
+    overwritten (on the CPU it is, saving a copy).
+    """
+    x = x.detach()
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        a = x.numpy()
+        if inplace and x.is_contiguous():
+            a.sort(axis=-1)
+            return x
+        return torch.from_numpy(np.sort(a, axis=-1))
+    return x.sort(dim=-1).values
+
+
+_INTERP: dict[tuple, tuple] = {}
+
+
+def _interp(n: int, qs: tuple[float, ...], device: torch.device, dtype: torch.dtype):
+    """Cached (lo, hi, frac) of numpy's 'linear' method for n values: x[lo] + (x[hi] - x[lo]) * frac.
+
+    On the CPU as numpy arrays (the interpolation then runs in numpy: same float ops, less overhead).
+    """
+    key = (n, tuple(qs), device, dtype)
+    got = _INTERP.get(key)
+    if got is None:
+        pos = torch.tensor([q / 100 * (n - 1) for q in qs], dtype=torch.float64)
+        lo = pos.floor().long()
+        hi = torch.clamp(lo + 1, max=n - 1)
+        frac = (pos - lo).to(dtype)
+        if device.type == "cpu" and dtype in (torch.float32, torch.float64):
+            got = (lo.numpy(), hi.numpy(), frac.numpy())
+        else:
+            got = (lo.to(device), hi.to(device), frac.to(device))
+        _INTERP[key] = got
+        if len(_INTERP) > 256:  # bounded: shapes of a server's sessions, not of every call
+            _INTERP.pop(next(iter(_INTERP)))
+    return got
+
+
+def sorted_percentiles(s: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
+    """Percentiles of rows that are already sorted along the last dim. (..., n) -> (..., len(qs))."""
+    lo, hi, frac = _interp(s.shape[-1], qs, s.device, s.dtype)
+    if isinstance(lo, np.ndarray):
+        a = s.detach().numpy()
+        a, b = a[..., lo], a[..., hi]
+        with np.errstate(invalid="ignore"):  # inf - inf in a diverging layer: NaN, as torch gives, silently
+            return torch.from_numpy(a + (b - a) * frac)
+    a, b = s[..., lo], s[..., hi]
+    return a + (b - a) * frac
+
+
 def percentiles(x: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
     """Percentiles along the last dim, numpy's default ('linear') method. (..., n) -> (..., len(qs))."""
-    n = x.shape[-1]
-    s = x.sort(dim=-1).values
-    pos = torch.tensor([q / 100 * (n - 1) for q in qs], device=x.device, dtype=torch.float64)
-    lo = pos.floor().long()
-    hi = torch.clamp(lo + 1, max=n - 1)
-    frac = (pos - lo).to(x.dtype)
-    return s[..., lo] + (s[..., hi] - s[..., lo]) * frac
+    return sorted_percentiles(sort_rows(x), qs)
+
+
+def moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, population std) along the last dim, two-pass (as accurate as Welford, several times faster)."""
+    mean = rows.mean(dim=-1)
+    dev = rows - mean.unsqueeze(-1)
+    return mean, dev.mul_(dev).mean(dim=-1).sqrt_()
+
+
+def sorted_histograms(s: torch.Tensor, inner_edges: torch.Tensor) -> torch.Tensor:
+    """Fraction of each sorted row's values per bin, bins split at ``inner_edges``. (R, n) -> (R, bins).
+
+    Bin i holds the values in (edge[i-1], edge[i]] (``torch.bucketize``'s convention), values
+    beyond the end edges and NaN in the end bins. On sorted rows this is one binary search
+    per edge instead of one per value.
+    """
+    rows = s.shape[0]
+    le = torch.searchsorted(s, inner_edges.expand(rows, -1).contiguous(), right=True)  # values <= edge
+    counts = torch.diff(le, prepend=le.new_zeros(rows, 1), append=le.new_full((rows, 1), s.shape[1])).float()
+    return counts / counts.sum(dim=1, keepdim=True)
 
 
 class LayerProbes:
     """Hooks on the ``preact`` point of each block; reduces what they saw on demand.
 
-    ``units`` gives the tracked unit (MLP) or channel (CNN) of each layer.
+    ``units`` gives the tracked unit (MLP) or channel (CNN) of each layer. Percentiles and
+    histograms share one sort of each layer's values per forward pass.
+
+    A trainer that computes layers without calling their modules (the stacked MLP path)
+    makes one with no blocks and hands it all layers at once with ``observe``.
     """
 
     def __init__(self, blocks: list[nn.Module], units: list[int]):
         self.units = units
         self.enabled = True
         self._seen: list[torch.Tensor | None] = [None] * len(blocks)
+        self._stacked: torch.Tensor | None = None  # (L, N, C...) from observe()
+        self._consumable = False
+        self._sorted: torch.Tensor | list[torch.Tensor] | None = None  # cache, reset by each new forward
         self.hooks = [Hook(b.preact, self._recorder(i)) for i, b in enumerate(blocks)]
         self._edges: torch.Tensor | None = None
+        self._unit_index: torch.Tensor | None = None  # flat positions of each layer's tracked unit
 
     def _recorder(self, i: int):
         def record(_module, _inputs, output):
             if self.enabled:
                 self._seen[i] = output.detach()
+                self._stacked = self._sorted = None
+                self._consumable = False
         return record
+
+    def observe(self, stacked: torch.Tensor, consumable: bool = False) -> None:
+        """Take the pre-activations of all L layers at once: (L, N, C) or (L, N, C, H, W).
+
+        ``consumable``: the caller no longer needs ``stacked``; the probes may sort it in place.
+        """
+        if self.enabled:
+            self._stacked, self._sorted = stacked.detach(), None
+            self._consumable = consumable
 
     def remove(self) -> None:
         for h in self.hooks:
             h.remove()
         self._seen = [None] * len(self._seen)
+        self._stacked = self._sorted = None
 
     @property
     def active(self) -> bool:
@@ -90,41 +181,68 @@ class LayerProbes:
         self.remove()
 
     def _flat_layers(self) -> list[torch.Tensor]:
+        if self._stacked is not None:
+            return list(self._stacked.flatten(1))
         return [z.reshape(-1) for z in self._seen]  # each (N*C[*H*W],)
 
-    def _unit_values(self) -> list[torch.Tensor]:
+    def _rows(self) -> torch.Tensor | None:
+        """(L, n): every layer's values as one row each, when all layers have n values (MLP); else None."""
+        if self._stacked is not None:
+            return self._stacked.flatten(1)
+        flat = self._flat_layers()
+        return torch.stack(flat) if len({t.numel() for t in flat}) == 1 else None
+
+    def _unit_values(self) -> list[torch.Tensor] | torch.Tensor:
         # MLP (N, C): column u; CNN (N, C, H, W): channel u over N*H*W.
+        if self._stacked is not None:  # one gather for every layer: (L, N[*H*W])
+            z = self._stacked
+            if (self._unit_index is None or self._unit_index.device != z.device
+                    or self._unit_index.shape[1] * z.shape[1] != z[0].numel()):
+                rows = torch.arange(len(self.units)).view(-1, 1, 1)
+                inner = torch.arange(z[0].numel()).view(z.shape[1], z.shape[2], -1)  # (N, C, H*W) flat offsets
+                units = torch.tensor(self.units)
+                self._unit_index = (rows * z[0].numel() + inner[:, units].permute(1, 0, 2)).reshape(
+                    len(self.units), -1).to(z.device)
+            return torch.take(z if z.is_contiguous() else z.contiguous(), self._unit_index)
         return [z[:, u].reshape(-1) for z, u in zip(self._seen, self.units)]
+
+    def _layers_sorted(self, rows: torch.Tensor | None, inplace: bool = False) -> torch.Tensor | list[torch.Tensor]:
+        """Each layer's values sorted: one (L, n) sort when all layers have n values (MLP), else a list."""
+        if self._sorted is None:
+            if rows is not None:
+                self._sorted = sort_rows(rows, inplace=inplace)
+            else:  # CNN: spatial sizes differ per layer
+                self._sorted = [sort_rows(t) for t in self._flat_layers()]
+        return self._sorted
 
     def activation_stats(self) -> torch.Tensor:
         """(L, 8): p15, p50, p85, mean, std of each layer's pre-activation, then the unit's p15..p85."""
-        flat, unit = self._flat_layers(), self._unit_values()
         qs = PERCENTILES
-        if len({t.numel() for t in flat}) == 1:  # MLP: all layers in one sort
-            stacked = torch.stack(flat)  # (L, N*C)
-            layer_q = percentiles(stacked, qs)  # (L, 3)
-            std, mean = torch.std_mean(stacked, dim=1, correction=0)
-        else:  # CNN: spatial sizes differ per layer
-            layer_q = torch.stack([percentiles(t, qs) for t in flat])
-            sm = [torch.std_mean(t, correction=0) for t in flat]
-            std, mean = torch.stack([s for s, _ in sm]), torch.stack([m for _, m in sm])
-        if len({t.numel() for t in unit}) == 1:
-            unit_q = percentiles(torch.stack(unit), qs)  # (L, 3)
+        rows = self._rows()
+        unit = self._unit_values()  # (before a sort in place)
+        if rows is not None:
+            mean, std = moments(rows)
+            layer_q = sorted_percentiles(self._layers_sorted(rows, inplace=self._consumable), qs)  # (L, 3)
+        else:
+            layer_q = torch.stack([sorted_percentiles(t, qs) for t in self._layers_sorted(rows)])
+            ms = [moments(t) for t in self._flat_layers()]
+            mean, std = torch.stack([m for m, _ in ms]), torch.stack([d for _, d in ms])
+        if isinstance(unit, torch.Tensor) or len({t.numel() for t in unit}) == 1:
+            unit_q = percentiles(unit if isinstance(unit, torch.Tensor) else torch.stack(unit), qs)  # (L, 3)
         else:
             unit_q = torch.stack([percentiles(t, qs) for t in unit])
         return torch.cat([layer_q, mean[:, None], std[:, None], unit_q], dim=1)
 
     def histograms(self) -> torch.Tensor:
         """(L, HIST_BINS) fraction of each layer's values per bin (rows sum to 1)."""
-        flat = self._flat_layers()
-        if self._edges is None or self._edges.device != flat[0].device:
-            self._edges = HIST_EDGES.to(flat[0].device)
+        s = self._sorted if self._sorted is not None else self._layers_sorted(self._rows())
+        device = s.device if isinstance(s, torch.Tensor) else s[0].device
+        if self._edges is None or self._edges.device != device:
+            self._edges = HIST_EDGES.to(device)
         inner = self._edges[1:-1]
-        counts = []
-        # One bincount over all layers: offset each layer's bin index by layer * bins.
-        idx = torch.cat([torch.bucketize(t.contiguous(), inner) + i * HIST_BINS for i, t in enumerate(flat)])
-        counts = torch.bincount(idx, minlength=len(flat) * HIST_BINS).view(len(flat), HIST_BINS).float()
-        return counts / counts.sum(dim=1, keepdim=True)
+        if isinstance(s, torch.Tensor):
+            return sorted_histograms(s, inner.to(s.dtype))
+        return torch.cat([sorted_histograms(t[None], inner.to(t.dtype)) for t in s])
 
 
 def weight_stats(weights: list[torch.Tensor], before: list[torch.Tensor] | None) -> torch.Tensor:

@@ -1,0 +1,200 @@
+"""The stacked fast path (models.StackedMLP, Trainer(batched=True)) records what the
+straightforward path does: one autograd pass and one torch.optim.SGD step per variant
+(Trainer(batched=False)). And probes=False changes nothing but what is recorded.
+
+The stacked path is written to give the same numbers bit for bit (same kernels, batched
+products that equal the per-variant ones), which the app relies on: a variant must train
+the same whether its companions can be stacked or not (tests/test_browser.py restarts a
+comparison with bn switched to layer norm and expects the plain variant's loss to repeat).
+The one metric computed differently is update_ratio: ||lr * update|| / ||W|| instead of
+||W_after - W_before|| / ||W_before|| by subtraction, equal up to float rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bnviz.config import Comparison, RunConfig
+from bnviz.metrics import LAYER_METRICS
+from bnviz.models import StackedMLP, build_model, stack_key
+from bnviz.trainer import Trainer
+
+STEPS = 50
+BASE = ["dataset=mnist-mini", "width=24", "depth=3", f"steps={STEPS}", "eval_every=20", "hist_every=5",
+        "batch_size=60"]
+
+COMPARISONS = {
+    # the paper's Figure 1 pair: sigmoid, plain vs BN before the nonlinearity, SGD at lr 0.5
+    "paper-fig1": ["variants=plain,bn", "bn.norm=batch", "lr=0.5", "init_scale=0.1"],
+    # ReLU, BN before and after, Kaiming init
+    "placement": ["variants=plain,before,after", "before.norm=batch", "after.norm=batch", "after.placement=after",
+                  "activation=relu", "init=kaiming", "init_scale=1.0", "lr=0.1"],
+    # momentum, weight decay, learning rates and BN settings that differ per variant, tanh
+    "optimizers": ["variants=a,b,c", "activation=tanh", "optimizer=momentum", "weight_decay=0.001", "b.norm=batch",
+                   "b.lr=0.2", "c.optimizer=sgd", "c.weight_decay=0", "b.bn_momentum=0.3", "b.bn_eps=0.001"],
+    # activations that differ per variant (one stack still)
+    "activations": ["variants=g,s", "g.activation=gelu", "s.activation=sigmoid", "s.norm=batch", "lr=0.3"],
+}
+
+PERCENTILE_METRICS = ("act_p15", "act_p50", "act_p85", "unit_p15", "unit_p50", "unit_p85")
+
+
+def comparison(pairs: list[str], steps: int | None = None) -> Comparison:
+    """BASE overridden by ``pairs`` (later keys win) and ``steps``."""
+    fields = dict(p.split("=", 1) for p in BASE + pairs)
+    if steps is not None:
+        fields["steps"] = str(steps)
+    return Comparison.from_flat([f"{k}={v}" for k, v in fields.items()])
+
+
+def run(pairs: list[str], batched: bool, probes: bool = True, steps: int | None = None):
+    trainer = Trainer(comparison(pairs, steps), batched=batched, probes=probes)
+    assert trainer.batched == batched
+    trainer.run()
+    return trainer, trainer.log.snapshot()
+
+
+@pytest.fixture(scope="module")
+def both_paths():
+    """name -> (snapshot of the stacked path, snapshot of the per-variant path, trainers)."""
+    out = {}
+    for name, pairs in COMPARISONS.items():
+        fast, fast_snap = run(pairs, batched=True)
+        slow, slow_snap = run(pairs, batched=False)
+        out[name] = (fast_snap, slow_snap, fast, slow)
+    return out
+
+
+@pytest.mark.parametrize("name", list(COMPARISONS))
+def test_stacked_path_records_the_same_numbers_as_the_per_variant_path(both_paths, name):
+    fast, slow, _, _ = both_paths[name]
+    assert list(fast.variants) == list(slow.variants)
+    for vname in fast.variants:
+        a, b = fast.variants[vname], slow.variants[vname]
+        assert a.steps.tolist() == b.steps.tolist() == list(range(1, STEPS + 1))
+        # losses within float tolerance (and in fact identical)
+        np.testing.assert_allclose(a.series["train_loss"], b.series["train_loss"], rtol=1e-6, atol=0)
+        # percentiles: tight tolerance; moments, gradient and weight norms likewise
+        for m in PERCENTILE_METRICS + ("act_mean", "act_std", "grad_norm", "weight_norm"):
+            np.testing.assert_allclose(a.series[m], b.series[m], rtol=1e-6, atol=1e-7, err_msg=f"{vname} {m}")
+        # the update measured as the optimizer's step rather than by subtracting weights
+        np.testing.assert_allclose(a.series["update_ratio"], b.series["update_ratio"], rtol=1e-4, err_msg=vname)
+        assert a.eval_steps.tolist() == b.eval_steps.tolist()
+        np.testing.assert_allclose(a.evals["test_loss"], b.evals["test_loss"], rtol=1e-6)
+        assert np.array_equal(a.evals["test_acc"], b.evals["test_acc"])
+        assert a.hist_steps.tolist() == b.hist_steps.tolist()
+        np.testing.assert_allclose(a.hists, b.hists, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", list(COMPARISONS))
+def test_stacked_path_is_bit_for_bit_the_per_variant_path(both_paths, name):
+    """Stronger than the tolerances above, and what the app needs (see the module doc)."""
+    fast, slow, _, _ = both_paths[name]
+    for vname in fast.variants:
+        a, b = fast.variants[vname], slow.variants[vname]
+        for m in a.series:
+            if m != "update_ratio":
+                assert np.array_equal(a.series[m], b.series[m]), f"{vname} {m} differs"
+        assert np.array_equal(a.evals["test_loss"], b.evals["test_loss"])
+        assert np.array_equal(a.hists, b.hists)
+
+
+def test_models_and_optimizer_state_after_the_stacked_path_equal_the_per_variant_ones(both_paths):
+    """The stacked path writes through to every variant's module and optimizer (views)."""
+    _, _, fast, slow = both_paths["optimizers"]
+    for vf, vs in zip(fast.variants, slow.variants):
+        sf, ss = vf.model.state_dict(), vs.model.state_dict()
+        assert sf.keys() == ss.keys()
+        for key in sf:
+            assert torch.equal(sf[key], ss[key]), f"{vf.name} {key}"
+        for pf, ps in zip(vf.model.parameters(), vs.model.parameters()):
+            assert torch.equal(pf.grad, ps.grad), vf.name
+            bf = vf.optimizer.state.get(pf, {}).get("momentum_buffer")
+            bs = vs.optimizer.state.get(ps, {}).get("momentum_buffer")
+            assert (bf is None) == (bs is None), vf.name
+            if bf is not None:
+                assert torch.equal(bf, bs), vf.name
+
+
+def test_a_variant_trains_the_same_whatever_its_companions():
+    """plain stacked with a BN variant == plain next to a layer-norm variant (not stackable)."""
+    _, stacked = run(["variants=plain,bn", "bn.norm=batch"], batched=True)
+    mixed_trainer, mixed = run(["variants=plain,bn", "bn.norm=layer"], batched=False)
+    alone_trainer = Trainer(comparison(["variants=plain"]))
+    assert alone_trainer.batched
+    alone_trainer.run()
+    alone = alone_trainer.log.snapshot()
+    want = stacked.variants["plain"].series["train_loss"]
+    assert np.array_equal(mixed.variants["plain"].series["train_loss"], want)
+    assert np.array_equal(alone.variants["plain"].series["train_loss"], want)
+
+
+def test_variants_that_finish_or_diverge_early_leave_the_stack_and_the_others_go_on():
+    pairs = ["variants=plain,bn,late", "bn.norm=batch", "bn.steps=20", "late.norm=batch", "late.placement=after",
+             "activation=relu", "init=kaiming", "init_scale=1.0", "plain.lr=1e6", "lr=0.1", "hist_every=1"]
+    _, fast = run(pairs, batched=True, steps=40)
+    _, slow = run(pairs, batched=False, steps=40)
+    assert fast.variants["plain"].status == slow.variants["plain"].status == "diverged"
+    assert fast.variants["plain"].diverged_at == slow.variants["plain"].diverged_at
+    assert fast.variants["bn"].steps.tolist() == list(range(1, 21))
+    assert fast.variants["late"].steps.tolist() == list(range(1, 41))
+    for vname in fast.variants:
+        a, b = fast.variants[vname], slow.variants[vname]
+        assert a.status == b.status
+        assert np.array_equal(a.series["train_loss"], b.series["train_loss"]), vname
+        np.testing.assert_allclose(a.series["act_p50"], b.series["act_p50"], rtol=1e-6, atol=1e-7)
+        assert a.hist_steps.tolist() == b.hist_steps.tolist()
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_probes_off_records_the_same_train_loss_and_nothing_else(batched):
+    pairs = COMPARISONS["paper-fig1"]
+    _, on = run(pairs, batched=batched)
+    _, off = run(pairs, batched=batched, probes=False)
+    for vname in on.variants:
+        a, b = on.variants[vname], off.variants[vname]
+        assert np.array_equal(a.series["train_loss"], b.series["train_loss"])
+        assert np.array_equal(a.evals["test_loss"], b.evals["test_loss"])
+        for m in LAYER_METRICS:  # not measured: NaN, not a made-up zero
+            assert np.isnan(b.series[m]).all(), m
+        assert len(b.hist_steps) == 0 and len(a.hist_steps) == STEPS // 5
+
+
+def test_stack_key_says_which_variants_can_be_stacked():
+    base = RunConfig(dataset="mnist-mini")
+    assert stack_key(base) is not None
+    assert stack_key(base.replace(norm="batch", placement="after", activation="relu", optimizer="momentum",
+                                  lr=0.1, weight_decay=0.01)) == stack_key(base)
+    for change in (dict(model="cnn"), dict(dropout=0.1), dict(optimizer="adam"), dict(norm="layer"),
+                   dict(norm="batch_renorm"), dict(norm="noisy_batch")):
+        assert stack_key(base.replace(**change)) is None, change
+    assert stack_key(base.replace(width=32)) != stack_key(base)
+    assert not Trainer(comparison(["variants=a,b", "b.optimizer=adam"])).batched
+    assert not Trainer(comparison(["variants=a,b", "b.width=32"])).batched
+
+
+def test_stacked_mlp_step_matches_autograd_on_one_batch():
+    """One step by hand, checked against autograd and torch.optim.SGD directly (not via the trainer)."""
+    cfgs = [RunConfig(dataset="mnist-mini", width=16, depth=2, norm=n, activation=a, lr=0.3)
+            for n, a in (("none", "sigmoid"), ("batch", "relu"))]
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g)
+    ref = [build_model(c, (1, 28, 28), 10) for c in cfgs]
+    models = [build_model(c, (1, 28, 28), 10) for c in cfgs]
+    opts = [torch.optim.SGD(m.parameters(), lr=c.lr) for m, c in zip(models, cfgs)]
+    stack = StackedMLP(models, cfgs, opts)
+    loss, stats = stack.step(x.flatten(1), y)
+    assert stats.shape == (2, 2, 3) and stack.preacts.shape == (2, 2, 8, 16)
+    for i, (m, c) in enumerate(zip(ref, cfgs)):
+        opt = torch.optim.SGD(m.parameters(), lr=c.lr)
+        ref_loss = torch.nn.functional.cross_entropy(m(x), y)
+        ref_loss.backward()
+        grad_norms = [b.linear.weight.grad.norm() for b in m.hidden]
+        opt.step()
+        assert torch.equal(loss[i], ref_loss.detach())
+        for pa, pb in zip(models[i].parameters(), m.parameters()):
+            assert torch.equal(pa, pb)
+        for layer, gn in enumerate(grad_norms):
+            assert torch.equal(stats[layer, i, 0], gn)
