@@ -396,7 +396,7 @@ class Trainer:
         for v in self.variants:
             v.probes.remove()
             if v.live and state != "finished":
-                self.log.set_status(v.name, state)
+                self.log.set_status(v.name, state, self.error if state == "failed" else None)
         self.log.state = state
 
     def close(self) -> None:

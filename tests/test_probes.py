@@ -278,9 +278,6 @@ def test_threaded_run_that_raises_is_failed_with_message_and_hooks_removed(monke
         assert all_forward_hooks(v.model) == 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Trainer._loop sets each live variant's status to 'failed' WITH the "
-                                       "error message, then _end(final) calls log.set_status(name, 'failed') again "
-                                       "with message=None, wiping the per-variant message")
 def test_threaded_failure_keeps_the_error_message_on_each_failed_variant(monkeypatch):
     _failing_after(monkeypatch, calls_ok=6)
     trainer = Trainer(_tiny())
