@@ -106,6 +106,8 @@ class Lab:
         self.speed: int | None = None
         self.last_seen = time.monotonic()
         self.message: str | None = None  # why the lab stopped, if not by the user
+        self.change: str | None = None  # what the last configure() did, until the page shows it
+        self.settle_until = 0.0  # keep the page refreshing until then, to show what a click caused
         self._lock = threading.RLock()
         pool.labs.add(self)
 
@@ -123,12 +125,16 @@ class Lab:
                         if not _lrs_differ(comparison):
                             break
                 self.comparison = comparison
+                self.change = "lr"
                 return "lr"
             was_running = self.running
+            had_run = self.trainer is not None
             self._discard_trainer()
             self.comparison = comparison
             if was_running:
                 self.start()
+            if had_run:
+                self.change = "restart"
             return "restart"
 
     def start(self) -> None:
@@ -144,6 +150,7 @@ class Lab:
         self.pool.request(self)
 
     def pause(self) -> None:
+        self._settle()
         with self._lock:
             self.running = False
             if self.trainer is not None:
@@ -152,6 +159,7 @@ class Lab:
 
     def step(self, n: int = 1) -> None:
         """Single-step while paused (a few steps cost too little to queue for a slot)."""
+        self._settle()
         with self._lock:
             if self.comparison is None:
                 return
@@ -208,6 +216,22 @@ class Lab:
         if not self.running:
             self.pool.release(self)
         return t.log.snapshot()
+
+    def take_change(self) -> str | None:
+        """What the last configure() did ('restart' or 'lr'), once; kept here, not in the
+        session state, so a rerun interrupted by the change cannot drop it."""
+        with self._lock:
+            change, self.change = self.change, None
+            return change
+
+    def _settle(self, seconds: float = 3.0) -> None:
+        self.settle_until = time.monotonic() + seconds
+
+    @property
+    def settling(self) -> bool:
+        """Just paused or stepped: the worker reacts a moment later; keep showing its progress."""
+        t = self.trainer
+        return time.monotonic() < self.settle_until or (t is not None and t.busy)
 
     # status -------------------------------------------------------------------------------
     def wants_cpu(self) -> bool:

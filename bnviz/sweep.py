@@ -26,7 +26,6 @@ from dataclasses import dataclass, field as dc_field
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from bnviz.config import BATCH_STAT_NORMS, Comparison, RunConfig
 from bnviz.errors import BnvizError, ConfigError

@@ -74,7 +74,7 @@ class Sampler:
         if device.type == "cpu":
             return self.next()
         start = self.pos if self.pos + self.batch_size <= self.n else 0
-        idx = self.next()
+        self.next()  # advances (and reshuffles) exactly as on the CPU
         if start == 0 or getattr(self, "_perm_on", None) is None or self._perm_on[0] is not self.perm:
             self._perm_on = (self.perm, self.perm.to(device))
         return self._perm_on[1][self.pos - self.batch_size: self.pos]
@@ -408,6 +408,13 @@ class Trainer:
     @property
     def state(self) -> str:
         return self.log.state
+
+    @property
+    def busy(self) -> bool:
+        """Steps or changes asked for and not yet done (e.g. just after ``step()``)."""
+        with self._cond:
+            pending = self._budget > 0 or bool(self._lr_changes)
+        return pending or self.log.state == "running"
 
     def start(self, paused: bool = False) -> None:
         if self._thread is not None:

@@ -66,7 +66,10 @@ def live_fragment(lab: Lab, draw: Callable[[RunSnapshot], None], empty_hint: str
     The script itself returns at once; only this fragment re-runs, so a rerun never
     queues behind training. When training ends it re-runs the page once, without the timer.
     """
-    live = lab.active or lab.queue_place is not None
+    def is_live() -> bool:
+        return lab.active or lab.queue_place is not None or lab.settling
+
+    live = is_live()
 
     @st.fragment(run_every=REFRESH_S if live else None)
     def fragment() -> None:
@@ -77,7 +80,7 @@ def live_fragment(lab: Lab, draw: Callable[[RunSnapshot], None], empty_hint: str
         elif lab.queue_place is None:
             st.info(empty_hint or "Press **Start** to train every variant side by side on the same batches, "
                     "or **Step** to take one step at a time.", icon=":material/info:")
-        if live and not (lab.active or lab.queue_place is not None):
-            st.rerun(scope="app")  # training ended: redraw once without the timer
+        if live and not is_live():
+            st.rerun(scope="app")  # training ended or settled: redraw once without the timer
 
     fragment()

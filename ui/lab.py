@@ -62,11 +62,15 @@ def _apply(field: str, make: "callable") -> None:
     ss = st.session_state
     try:
         new = make(ss["lab.cmp"])
+        session_lab().configure(new)
         ss["lab.cmp"] = new
-        ss["lab.errors"].pop(field, None)
-        ss["lab.last_change"] = session_lab().configure(new)
+        ss["lab.errors"].clear()  # an accepted change supersedes any refused one
     except BnvizError as exc:
-        ss["lab.errors"][field] = str(exc)
+        ss["lab.errors"] = {field: str(exc)}
+        _resync_widgets()  # the widgets show the comparison in force, not the refused value
+        lab = session_lab()
+        if lab.comparison != ss["lab.cmp"]:  # refused while restarting (e.g. batch > dataset)
+            lab.configure(ss["lab.cmp"])
 
 
 def _field_error(field: str) -> None:
@@ -89,6 +93,14 @@ def _shared_widget(kind: str, field: str, label: str, **kw: Any) -> None:
     widget = {"select": st.selectbox, "number": st.number_input, "slider": st.select_slider}[kind]
     widget(label, key=key, on_change=on_change, help=help_text, **kw)
     _field_error(field)
+
+
+def _resync_widgets() -> None:
+    """Forget the field widgets' values; they re-read the comparison on the next run."""
+    for key in [k for k in st.session_state if str(k).startswith("lab.w.")]:
+        rest = str(key)[len("lab.w."):]
+        if rest in FIELD_BY_NAME or rest.rpartition(".")[2] in ("norm", "placement"):
+            del st.session_state[key]
 
 
 def _reset_widgets() -> None:
@@ -241,8 +253,8 @@ def controls_ui(lab: Lab) -> None:
     ss = st.session_state
     lab.set_speed(SPEEDS[ss.get("lab.w.speed_pick", "max")])
     slot = run_controls_ui(lab, "lab")
-    change = ss.pop("lab.last_change", None)
-    if change == "restart" and lab.trainer is not None:
+    change = lab.take_change()
+    if change == "restart":
         slot.info("Structural change: the comparison restarted from the same seed.", icon=":material/restart_alt:")
     elif change == "lr":
         slot.info("Learning rate changed live; the time axis marks the step.", icon=":material/check:")

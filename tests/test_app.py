@@ -1,0 +1,140 @@
+"""The live lab's script under Streamlit's AppTest: widgets, links and refused values.
+
+AppTest runs app.py in-process without a browser; it runs no timers and the tests press
+no Start, so no training worker starts. ``.streamlit/config.toml`` hides exception details
+from students (client.showErrorDetails = "none"); these tests turn them back on so that a
+failure shows the real message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import streamlit
+from streamlit.testing.v1 import AppTest
+
+from bnviz.presets import PRESETS
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")  # from_file resolves relative to this file
+DEFAULT = "quick-look"
+
+
+@pytest.fixture(autouse=True)
+def _full_error_details():
+    old = streamlit.config.get_option("client.showErrorDetails")
+    streamlit.config.set_option("client.showErrorDetails", "full")
+    yield
+    streamlit.config.set_option("client.showErrorDetails", old)
+
+
+def run_app(**query: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=30)
+    for key, value in query.items():
+        at.query_params[key] = value
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def cmp(at: AppTest):
+    return at.session_state["lab.cmp"]
+
+
+def variant_rows(at: AppTest) -> list[str]:
+    """Variant names as the sidebar lists them (one norm selectbox per variant)."""
+    return [s.key.split(".")[2] for s in at.sidebar.selectbox if s.key.endswith(".norm")]
+
+
+def link_warnings(at: AppTest) -> list[str]:
+    return [w.value for w in at.warning if w.value.startswith("Link:")]
+
+
+def test_app_runs_without_exception_and_shows_the_controls():
+    at = run_app()
+    assert at.title[0].value == "bnviz · live lab"
+    assert [b.label for b in at.button if b.key in ("lab.start", "lab.pause", "lab.step", "lab.reset")] == \
+        ["Start", "Pause", "Step", "Reset"]
+    assert not at.error and not link_warnings(at)
+    assert cmp(at) == PRESETS[DEFAULT].comparison()
+    assert any(PRESETS[DEFAULT].note in m.value for m in at.markdown)
+
+
+def test_preset_selectbox_lists_every_preset():
+    at = run_app()
+    pick = at.sidebar.selectbox(key="lab.w.preset_pick")
+    assert pick.value == DEFAULT
+    names = [opt.split(":")[0] for opt in pick.options]
+    assert names == list(PRESETS) + ["(custom)"]
+
+
+def test_choosing_another_preset_changes_the_variants():
+    at = run_app()
+    assert variant_rows(at) == ["plain", "bn"]
+    at.sidebar.selectbox(key="lab.w.preset_pick").set_value("noisy-bn").run()
+    assert not at.exception
+    assert variant_rows(at) == ["plain", "bn", "noisy"]
+    assert cmp(at) == PRESETS["noisy-bn"].comparison()
+    assert at.sidebar.selectbox(key="lab.w.noisy.norm").value == "noisy_batch"
+    assert any(PRESETS["noisy-bn"].note in m.value for m in at.markdown)
+    assert dict(at.query_params) == {"preset": "noisy-bn"}
+
+
+def test_query_params_set_the_comparison():
+    at = run_app(preset=DEFAULT, lr="0.1", seed="7", **{"bn.placement": "after"})
+    assert at.sidebar.select_slider(key="lab.w.lr").value == 0.1
+    assert at.sidebar.number_input(key="lab.w.seed").value == 7
+    assert at.sidebar.selectbox(key="lab.w.bn.placement").value == "after"
+    c = cmp(at)
+    assert {n: (v.lr, v.seed) for n, v in c.variants.items()} == {"plain": (0.1, 7), "bn": (0.1, 7)}
+    assert c.variants["bn"].placement == "after" and c.variants["plain"].placement == "before"
+    assert not link_warnings(at)
+    # The address bar is the share link: the same comparison, written minimally.
+    assert dict(at.query_params) == {"preset": DEFAULT, "lr": "0.1", "seed": "7", "bn.placement": "after"}
+
+
+@pytest.mark.parametrize("field, value", [("lr", "abc"), ("depth", "-3"), ("bogus", "1"), ("preset", "nope")])
+def test_malformed_query_param_warns_naming_the_field_and_opens_with_defaults(field, value):
+    at = run_app(**{field: value})
+    warnings = link_warnings(at)
+    assert len(warnings) == 1 and warnings[0].startswith(f"Link: {field}:"), warnings
+    assert cmp(at) == PRESETS[DEFAULT].comparison()
+
+
+def test_changing_depth_updates_the_comparison():
+    at = run_app()
+    at.sidebar.number_input(key="lab.w.depth").set_value(5).run()
+    assert not at.exception and not at.error
+    assert {n: v.depth for n, v in cmp(at).variants.items()} == {"plain": 5, "bn": 5}
+    assert at.query_params["depth"] == "5"
+
+
+def test_refused_change_shows_the_error_and_keeps_the_comparison():
+    at = run_app()
+    at.sidebar.number_input(key="lab.w.width").set_value(10).run()
+    before = cmp(at)
+    assert before.variants["bn"].width == 10 and not at.error
+    # Group norm with the default 4 groups cannot split 10 units: the engine refuses it.
+    at.sidebar.selectbox(key="lab.w.bn.norm").set_value("group").run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and errors[0].startswith("groups:") and "width (10)" in errors[0], errors
+    assert cmp(at) == before  # untouched: bn still uses batch norm
+    assert "bn.norm" not in at.query_params
+
+
+def test_after_a_refused_value_the_widgets_show_the_comparison_in_force():
+    """A refused value does not linger in its widget while the run uses the old one.
+
+    Regression test: ui/lab.py once left 'group' in the bn norm selectbox (and the stale
+    error 'groups: must divide width (10)') after width 12 was accepted, while bn went on
+    training with batch norm.
+    """
+    at = run_app()
+    at.sidebar.number_input(key="lab.w.width").set_value(10).run()
+    at.sidebar.selectbox(key="lab.w.bn.norm").set_value("group").run()
+    assert at.sidebar.selectbox(key="lab.w.bn.norm").value == "batch" == cmp(at).variants["bn"].norm
+    at.sidebar.number_input(key="lab.w.width").set_value(12).run()
+    assert not at.exception
+    assert at.sidebar.selectbox(key="lab.w.bn.norm").value == "batch" == cmp(at).variants["bn"].norm
+    assert not at.error, [e.value for e in at.error]  # the refusal was about width 10
