@@ -8,17 +8,19 @@ short chunks of each loop round after round, and the reported ratio is the media
 per-round ratios: other processes on the machine slow every loop of a round alike, so the
 ratio holds even when absolute numbers wander. Absolute numbers are printed too.
 
-    python -m bench                 # full: ~5 minutes at the current engine speed
-    python -m bench --quick         # < 60 s: shorter chunks, paper-fig1 extrapolated
+    python -m bench                 # full: ~4 minutes, paper-fig1 trains all its 2 x 50,000 steps
+    python -m bench --quick         # < 60 s: shorter chunks, paper-fig1 extrapolated from 500 steps
     python -m bench --only train,fig1 --threads 1
     python bench/run.py --quick --json out/bench.json
+    python -m bench --device cuda   # training and paper-fig1 on a GPU
+
+See docs/PERFORMANCE.md for the figures, the method and what each row means.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import json
 import os
 import platform
@@ -39,7 +41,7 @@ import torch
 
 TARGETS = ("train", "fig1", "page", "memory", "gpu")
 
-# goals (see the brief in docs/PERFORMANCE.md)
+# goals (docs/PERFORMANCE.md)
 GOAL_SPEEDUP = 2.0  # engine per model-step vs naive loop: at least this much faster
 GOAL_PROBE_OVERHEAD = 1.15  # engine with all probes / engine with probes off: at most
 GOAL_FIG1_S = 60.0
@@ -266,17 +268,17 @@ def measure_training(s: Settings, threads: int, device: str = "cpu") -> dict:
 NOISY_SLOWDOWN = 1.5
 
 
-def train_rows(s: Settings) -> list[Row]:
+def train_rows(s: Settings, device: str = "cpu") -> list[Row]:
     rows = []
     naive_1t = None
     for th in s.threads:
-        r = measure_training(s, th)
+        r = measure_training(s, th, device)
         us = r["us_per_model_step"]
         if th == 1:
             naive_1t = us["naive"]
         noisy = naive_1t is not None and th > 1 and us["naive"] > NOISY_SLOWDOWN * naive_1t
         judge = lambda ok: "NOISY" if noisy else "PASS" if ok else "MISS"  # noqa: E731
-        t = f"{th} thread{'s' * (th > 1)}"
+        t = f"{th} thread{'s' * (th > 1)}" + ("" if device == "cpu" else f", {device}")
         notes = [f"ratio = naive / engine, wall (cpu {r['speedup_cpu']:.2f})",
                  f"matrix products alone would be {r['ceiling']:.2f}x"]
         if "speedup_per_variant_path" in r:
@@ -302,11 +304,11 @@ def train_rows(s: Settings) -> list[Row]:
 
 # ------------------------------------------------------------------------------ 3: paper-fig1 wall time
 
-def measure_eval(s: Settings, threads: int) -> dict:
+def measure_eval(s: Settings, threads: int, device: str = "cpu") -> dict:
     """Seconds of one test evaluation of each variant on the 1,000 mnist-mini test images and on
     10,000 synthetic ones (the full MNIST test set's size), interleaved."""
     torch.set_num_threads(threads)
-    tr = _trainer(_fig1())
+    tr = _trainer(_fig1(device=device))
     try:
         ds_name = tr.variants[0].cfg.dataset
         x_tr, y_tr, x_te, y_te = tr._tensors[ds_name]
@@ -329,30 +331,30 @@ def measure_eval(s: Settings, threads: int) -> dict:
             "variants": len(tr.variants)}
 
 
-def measure_fig1(s: Settings) -> dict:
+def measure_fig1(s: Settings, device: str = "cpu") -> dict:
     torch.set_num_threads(s.fig1_threads)
     steps = FIG1_STEPS if s.fig1_steps is None else s.fig1_steps
-    cmp = _fig1(steps=steps)
+    cmp = _fig1(steps=steps, device=device)
     tr = _trainer(cmp)
     t0, c0 = time.perf_counter(), time.process_time()
     tr.run()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     snap = tr.log.snapshot()
     acc = {n: float(v.evals["test_acc"][-1]) for n, v in snap.variants.items() if len(v.evals["test_acc"])}
-    ev = measure_eval(s, s.fig1_threads)
+    ev = measure_eval(s, s.fig1_threads, device)
     n_evals = FIG1_STEPS // FIG1_EVAL_EVERY + 1  # every 500 steps, and once before training
     wall_full = wall if s.fig1_steps is None else wall * FIG1_STEPS / steps
     extra = n_evals * (ev["eval_10k_s"] - ev["eval_1k_s"])
     return {"steps": steps, "wall_s": wall, "cpu_s": cpu, "wall_50k_s": wall_full,
             "cpu_50k_s": cpu if s.fig1_steps is None else cpu * FIG1_STEPS / steps, "extrapolated": s.fig1_steps is not None,
             "eval": ev, "extra_eval_10k_s": extra, "wall_50k_mnist10k_s": wall_full + extra,
-            "test_acc": acc, "threads": s.fig1_threads}
+            "test_acc": acc, "threads": s.fig1_threads, "device": device}
 
 
-def fig1_rows(s: Settings) -> list[Row]:
-    r = measure_fig1(s)
+def fig1_rows(s: Settings, device: str = "cpu") -> list[Row]:
+    r = measure_fig1(s, device)
     how = (f"extrapolated from {r['steps']:,} steps" if r["extrapolated"] else "measured, whole run") + \
-        f", {r['threads']} torch thread(s), mnist-mini (1,000 test images); cpu {r['cpu_50k_s']:.1f} s; " \
+        f", {device}, {r['threads']} torch thread(s), mnist-mini (1,000 test images); cpu {r['cpu_50k_s']:.1f} s; " \
         f"final test accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in r["test_acc"].items())
     return [
         Row("fig1_wall", "3. paper-fig1 2 x 50,000 steps, wall time", f"{r['wall_50k_s']:.1f} s",
@@ -466,11 +468,11 @@ def memory_rows(s: Settings) -> list[Row]:
 
 # ------------------------------------------------------------------------------ 6: GPU
 
-GPU_COMMAND = "python -m bench --only train,fig1 --device cuda"
+GPU_COMMAND = "python -m bench --device cuda"
 
 
 def gpu_rows(s: Settings, device: str) -> list[Row]:
-    if device != "cuda" or not torch.cuda.is_available():
+    if not torch.cuda.is_available():
         return [Row("gpu", "6. GPU: train speed, paper-fig1", "not measured: no CUDA GPU here", "figures to take",
                     None, "TODO", f"on a GPU machine: {GPU_COMMAND}")]
     r = measure_training(s, torch.get_num_threads(), device="cuda")
@@ -487,8 +489,8 @@ def run_bench(s: Settings, only: tuple[str, ...] = TARGETS, device: str = "cpu",
               echo: Callable[[str], None] = lambda _: None) -> list[Row]:
     """Every selected target's rows; a target that crashes gives an ERROR row (and the others still run)."""
     builders: dict[str, Callable[[], list[Row]]] = {
-        "train": lambda: train_rows(s) if device == "cpu" else [],
-        "fig1": lambda: fig1_rows(s) if device == "cpu" else [],
+        "train": lambda: train_rows(s, device),
+        "fig1": lambda: fig1_rows(s, device),
         "page": lambda: page_rows(s),
         "memory": lambda: memory_rows(s),
         "gpu": lambda: gpu_rows(s, device),
@@ -537,7 +539,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", help="torch thread counts for the training rows, e.g. 1,2 (default 1,2)")
     p.add_argument("--fig1-threads", type=int, help="torch threads for the paper-fig1 run (default 1)")
     p.add_argument("--fig1-steps", type=int, help="paper-fig1: run this many steps and extrapolate (0: the whole run)")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cuda: the GPU rows")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where the training and paper-fig1 rows run (the GPU row runs on cuda whenever there is one)")
     p.add_argument("--json", help="also write every row (with raw numbers) to this file")
     args = p.parse_args(argv)
     s = TINY if args.tiny else QUICK if args.quick else FULL
@@ -551,8 +554,6 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [k for k in only if k not in TARGETS]
     if unknown:
         p.error(f"--only: unknown target {unknown[0]!r}; known: {', '.join(TARGETS)}")
-    if args.device == "cuda" and "gpu" not in only:
-        only = only + ("gpu",)
     info = machine()
     print(f"bnviz bench ({s.name}) on {info['nproc']} x {info['cpu']}, torch {info['torch']}, numpy {info['numpy']}, "
           f"python {info['python']}, load average {info['loadavg']}")

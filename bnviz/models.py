@@ -418,7 +418,7 @@ class StackedMLP:
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, y: torch.Tensor, stats: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        V, L, C = self.V, self.L, self.C
+        V, L = self.V, self.L
         N = x.shape[0]
         x = x.reshape(N, -1)
         if self.preacts is None or self._n != N:

@@ -1,7 +1,8 @@
 """Widgets of the live lab: each ``*_ui`` draws one part of the page and returns nothing
 the engine needs to know about Streamlit. State lives under ``lab.*`` session keys.
 
-The source of truth is ``st.session_state["lab.cmp"]`` (a Comparison). Widgets show it;
+The source of truth is the session's Lab (``lab.comparison``), mirrored in
+``st.session_state["lab.cmp"]`` for the widgets. Widgets show it;
 their callbacks build a new comparison and hand it to the session's Lab, which applies a
 learning-rate change live and restarts (same seed) on anything structural. A value the
 engine refuses leaves the comparison (and the run) untouched and shows one line under
@@ -53,7 +54,15 @@ def init_state() -> Lab:
         ss["lab.cmp"], ss["lab.preset"], ss["lab.link_warnings"] = cmp, preset, warnings
         ss["lab.errors"] = {}
     lab = session_lab()
-    lab.configure(ss["lab.cmp"])
+    if lab.comparison is None:
+        lab.configure(ss["lab.cmp"])
+    elif ss["lab.cmp"] != lab.comparison:
+        # The Lab outlives reruns and is only changed by the callbacks below, so it is the
+        # record of what was accepted. A session-state write from a callback can be lost when
+        # a rerun is interrupted by the next one (fast reruns); re-configuring the Lab from
+        # that stale copy would silently undo the user's change and restart the run.
+        ss["lab.cmp"] = lab.comparison
+        _resync_widgets()
     return lab
 
 

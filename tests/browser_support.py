@@ -1,0 +1,445 @@
+"""Shared setup for the browser tests: a real Streamlit server, headless Chromium, page helpers.
+
+tests/test_browser.py loads it as a pytest plugin (``pytest_plugins``) for its fixtures and
+imports its helpers. Nothing here is collected as a test. Everything that changes on the page is awaited with Playwright's
+``expect`` or a bounded poll; the few fixed waits only prove that something does NOT
+change.
+
+The server is ``python -m streamlit run app.py`` on a free port of 127.0.0.1 with a private
+BNVIZ_DATA_DIR; its stdout and stderr go to one log file, which the tab-close test reads.
+Chromium is Debian's (/usr/bin/chromium); ``playwright install`` is never needed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Locator,
+    Page,
+    expect,
+    sync_playwright,
+)
+from playwright.sync_api import Error as PlaywrightError
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1400, "height": 1000}
+SERVER_START_TIMEOUT_S = 90  # a cold start imports torch and plotly on a busy 2-core machine
+LOAD_TIMEOUT_MS = 60_000  # first page load and script run
+# Any other change on the page. Generous on purpose: while a lab trains, the browser redraws
+# eight Plotly charts on every 0.5 s refresh; on two busy cores its main thread is nearly
+# always busy (Plotly), it falls seconds behind the server, and a click is handled only
+# after that backlog (5 to 40 s measured with other work on the machine).
+UI_TIMEOUT_MS = 60_000
+expect.set_options(timeout=UI_TIMEOUT_MS)  # expect()'s own default is 5 s
+
+PROGRESS_RE = re.compile(r"step ([\d,]+) / ([\d,]+) · ([\d,]+) steps/s · (\w+)")
+
+T = TypeVar("T")
+
+
+# server ----------------------------------------------------------------------------------------
+@dataclass
+class Server:
+    url: str
+    log_path: Path
+    proc: subprocess.Popen
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size
+
+    def log_since(self, offset: int) -> str:
+        with self.log_path.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(workdir: Path, extra_env: dict[str, str] | None = None) -> Server:
+    """Start ``streamlit run app.py`` and wait for /_stcore/health; raise with the log if it never answers."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    data_dir = workdir / "data"
+    data_dir.mkdir(exist_ok=True)
+    log_path = workdir / "streamlit.log"
+    port = free_port()
+    env = dict(os.environ)
+    env.update({"BNVIZ_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"})
+    env.update(extra_env or {})
+    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+           "--server.address", "127.0.0.1", "--server.headless", "true"]
+    log = log_path.open("wb")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    log.close()  # the child holds its own descriptor
+    server = Server(f"http://127.0.0.1:{port}", log_path, proc)
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {proc.returncode}:\n{server.log_text()}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return server
+        except (urllib.error.URLError, ConnectionError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            stop_server(server)
+            raise RuntimeError(f"streamlit did not answer /_stcore/health in {SERVER_START_TIMEOUT_S} s:\n"
+                               f"{server.log_text()}")
+        time.sleep(0.25)
+
+
+def stop_server(server: Server) -> None:
+    """Terminate the server's process group; kill it if it does not exit in 10 s."""
+    if server.proc.poll() is not None:
+        return
+    try:
+        os.killpg(server.proc.pid, signal.SIGTERM)
+        server.proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.proc.pid, signal.SIGKILL)
+        server.proc.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
+# fixtures (re-exported by the test modules) --------------------------------------------------
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory) -> Iterator[Server]:
+    server = start_server(tmp_path_factory.mktemp("bnviz-server"))
+    yield server
+    stop_server(server)
+    # Keep the server log next to the screenshots: it is what a failed run needs first.
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "browser-streamlit-server.log").write_text(server.log_text(), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    """A fresh browser context per test; closing it ends the Streamlit session (and its worker)."""
+    ctx = browser.new_context(viewport=VIEWPORT)
+    ctx.set_default_timeout(UI_TIMEOUT_MS)
+    yield ctx
+    ctx.close()  # a no-op if the test closed it already
+
+
+@pytest.fixture
+def page(context: BrowserContext, request) -> Iterator[Page]:
+    pg = context.new_page()
+    failed_before = request.session.testsfailed
+    yield pg
+    # A failed test leaves a screenshot of the page as it was: artifacts/browser-failed-<test>.png.
+    if request.session.testsfailed > failed_before and not pg.is_closed():
+        try:
+            screenshot(pg, f"failed-{request.node.name}")
+        except PlaywrightError as exc:  # the failure itself matters more than its picture
+            print(f"no screenshot of the failed page: {exc}")
+
+
+# page helpers ----------------------------------------------------------------------------------
+def screenshot(page: Page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"browser-{re.sub(r'[^A-Za-z0-9_.-]+', '-', name)}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def app(page: Page) -> Locator:
+    return page.locator("[data-testid='stApp']")
+
+
+def button(page: Page, name: str) -> Locator:
+    """A main-area button by its visible name (Start, Pause, Step, Reset): the icon is not part of it."""
+    return page.get_by_test_id("stMain").get_by_role("button", name=name, exact=True)
+
+
+def wait_idle(page: Page, timeout: int = UI_TIMEOUT_MS) -> None:
+    expect(app(page)).to_have_attribute("data-test-script-state", "notRunning", timeout=timeout)
+
+
+def open_app(page: Page, server: Server, query: str = "") -> None:
+    """Open the app (``query`` without the '?') and wait until its first run drew the controls."""
+    open_url(page, f"{server.url}/{'?' + query if query else ''}")
+
+
+def open_url(page: Page, url: str) -> None:
+    page.goto(url)
+    # The script state reads notRunning before the first run too, so wait for its output first.
+    expect(button(page, "Start")).to_be_visible(timeout=LOAD_TIMEOUT_MS)
+    wait_idle(page, LOAD_TIMEOUT_MS)
+
+
+def poll(read: Callable[[], T], ok: Callable[[T], bool], timeout: float, what: str,
+         interval: float = 0.2) -> T:
+    """Call ``read`` until ``ok(value)``; fail with the last value after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while not ok(value):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {value!r}")
+        time.sleep(interval)
+        value = read()
+    return value
+
+
+# While the lab trains, the page is nearly always inside a fragment run: elements the
+# current run has not redrawn yet are marked data-stale="true" (they still show the
+# previous run's data), and an element may briefly exist twice (stale and fresh). Readers
+# prefer fresh elements and fall back to stale ones.
+_FRESH_FIRST = """(sel) => {
+    const all = Array.from(document.querySelectorAll(sel));
+    const stale = (e) => { const c = e.closest('[data-stale]'); return !!c && c.getAttribute('data-stale') === 'true'; };
+    return all.filter(e => !stale(e)).concat(all.filter(stale).reverse()); }"""
+_LIVE = """(sel) => Array.from(document.querySelectorAll(sel)).filter(e => {
+    const c = e.closest('[data-stale]'); return !c || c.getAttribute('data-stale') !== 'true'; })"""
+
+
+def progress_text(page: Page) -> str | None:
+    """The text of the progress bar (the fresh one if any), or None before there is one."""
+    return page.evaluate(f"""() => {{ const els = ({_FRESH_FIRST})("[data-testid='stProgress']");
+        return els.length ? els[0].innerText : null; }}""")
+
+
+def record_progress(page: Page) -> None:
+    """Record every progress text and every alert the page renders from now on.
+
+    A MutationObserver sees each redraw, however long Playwright's own reads wait for a
+    browser busy drawing charts: short-lived values (a restart's first steps, a message
+    that a later run removes) are not missed. Read with recorded_progress / recorded_alerts.
+    """
+    page.evaluate(f"""() => {{
+        const read = () => {{ const els = ({_FRESH_FIRST})("[data-testid='stProgress']");
+                              return els.length ? els[0].innerText : null; }};
+        window.__bnvizProgress = [];
+        window.__bnvizAlerts = [];
+        const push = () => {{
+            const t = read(); const log = window.__bnvizProgress;
+            if (t !== null && log[log.length - 1] !== t) log.push(t);
+            for (const e of document.querySelectorAll("[data-testid='stAlert']")) {{
+                const a = e.innerText;
+                if (!window.__bnvizAlerts.includes(a)) window.__bnvizAlerts.push(a);
+            }}
+        }};
+        push();
+        if (window.__bnvizProgressObserver) window.__bnvizProgressObserver.disconnect();
+        window.__bnvizProgressObserver = new MutationObserver(push);
+        window.__bnvizProgressObserver.observe(document.body, {{subtree: true, childList: true, characterData: true}});
+    }}""")
+
+
+def recorded_alerts(page: Page) -> list[str]:
+    return page.evaluate("() => window.__bnvizAlerts || []")
+
+
+def recorded_progress(page: Page) -> list[Progress]:
+    texts = page.evaluate("() => window.__bnvizProgress || []")
+    return [p for p in (parse_progress(t) for t in texts) if p is not None]
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    total: int
+    rate: int
+    state: str
+    text: str
+
+
+def progress(page: Page) -> Progress | None:
+    return parse_progress(progress_text(page))
+
+
+def parse_progress(text: str | None) -> Progress | None:
+    m = PROGRESS_RE.search(text or "")
+    if m is None:
+        return None
+    step, total, rate = (int(g.replace(",", "")) for g in m.groups()[:3])
+    return Progress(step, total, rate, m.group(4), text)
+
+
+def wait_progress(page: Page, ok: Callable[[Progress], bool], what: str, timeout: float = 60) -> Progress:
+    return poll(lambda: progress(page), lambda p: p is not None and ok(p), timeout, what)
+
+
+# Plotly data as it arrived in the browser. Numpy arrays travel as {dtype, bdata} objects
+# (plotly.js decodes them and keeps the typed array as _inputArray); lists stay lists.
+_DECODE = """
+const toArray = (v) => {
+  if (v === undefined || v === null) return [];
+  if (Array.isArray(v) || ArrayBuffer.isView(v)) return Array.from(v);
+  if (v._inputArray) return Array.from(v._inputArray);
+  if (typeof v.bdata === 'string') {
+    const types = {i1: Int8Array, u1: Uint8Array, i2: Int16Array, u2: Uint16Array, i4: Int32Array,
+                   u4: Uint32Array, f4: Float32Array, f8: Float64Array};
+    const T = types[String(v.dtype).replace(/[<>|=]/g, '')];
+    const bin = atob(v.bdata); const bytes = new Uint8Array(bin.length);
+    for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+    return Array.from(new T(bytes.buffer));
+  }
+  return [];
+};
+"""
+
+_CHARTS = _DECODE + """
+const out = {};  // FIGURES key -> its plotly divs, fresh first
+for (const el of (""" + _FRESH_FIRST + """)("[data-testid='stElementContainer'][class*='st-key-lab-chart-']")) {
+  const cls = Array.from(el.classList).find(c => c.startsWith('st-key-lab-chart-'));
+  const g = el.querySelector('.js-plotly-plot');
+  if (!cls || !g || !g.data) continue;
+  const key = cls.slice('st-key-lab-chart-'.length);
+  (out[key] = out[key] || []).push(g);
+}
+"""
+
+
+def chart_points(page: Page) -> dict[str, int]:
+    """Points in the first trace of each drawn chart, by FIGURES key (0 for a chart without traces).
+
+    Where a chart exists twice (fresh and stale), the larger count: data only grows.
+    """
+    return page.evaluate("() => {" + _CHARTS + """
+        const counts = {};
+        for (const [k, gs] of Object.entries(out))
+            counts[k] = Math.max(...gs.map(g => g.data.length ? toArray(g.data[0].x).length : 0));
+        return counts; }""")
+
+
+def plotly_plot_count(page: Page) -> int:
+    """All .js-plotly-plot elements that are not stale leftovers of an earlier run."""
+    return page.evaluate(f"() => ({_LIVE})('.js-plotly-plot').length")
+
+
+def chart_trace(page: Page, key: str, index: int = 0) -> tuple[list[float], list[float]] | None:
+    """(x, y) of one trace of the chart ``key`` (fresh if drawn), or None if not drawn."""
+    return page.evaluate("(args) => {" + _CHARTS + """
+        const g = (out[args.key] || [])[0];
+        if (!g || g.data.length <= args.index) return null;
+        const t = g.data[args.index];
+        return [toArray(t.x), toArray(t.y)]; }""", {"key": key, "index": index})
+
+
+def chart_annotations(page: Page, key: str) -> list[dict]:
+    """Annotations in the layout of chart ``key`` (subplot titles included): [{text, x}]."""
+    return page.evaluate("(key) => {" + _CHARTS + """
+        const g = (out[key] || [])[0];
+        if (!g) return [];
+        return (g.layout.annotations || []).map(a => ({text: String(a.text), x: a.x === undefined ? null : a.x})); }""",
+                         key)
+
+
+def alerts(page: Page) -> list[str]:
+    """Texts of the st.info / st.warning / st.error boxes on the page (stale ones included)."""
+    return page.evaluate("() => Array.from(document.querySelectorAll(\"[data-testid='stAlert']\")).map(e => e.innerText)")
+
+
+def select_option(page: Page, label: str, option: str) -> None:
+    """Pick ``option`` (its displayed text) in the selectbox whose accessible name is ``label``."""
+    select_in(page, page.get_by_role("combobox", name=label, exact=True), option)
+
+
+def widget(page: Page, key: str) -> Locator:
+    """The element of the widget with Streamlit key ``key`` (Streamlit tags it st-key-<key>)."""
+    return page.locator(f".st-key-{re.sub(r'[^A-Za-z0-9_-]', '-', key)}")
+
+
+def variant_norm(page: Page, variant: str) -> Locator:
+    """A variant's normalization selectbox. Found by its key: its label is the variant's name
+    in markdown bold, which the accessible name repeats with the asterisks."""
+    return widget(page, f"lab.w.{variant}.norm").get_by_role("combobox")
+
+
+def select_in(page: Page, combo: Locator, option: str) -> None:
+    """Pick ``option`` (its displayed text) in the selectbox ``combo``."""
+    combo.click()
+    page.get_by_role("option", name=option, exact=True).click()
+    expect(combo).to_have_value(option)
+
+
+def slider(page: Page, label: str) -> Locator:
+    return page.get_by_test_id("stSlider").filter(has_text=label)
+
+
+def press_slider(page: Page, label: str, key: str) -> None:
+    """Move a (select_)slider one notch with the keyboard, as a keyboard user would."""
+    thumb = slider(page, label).get_by_role("slider")
+    thumb.focus()
+    thumb.press(key)
+
+
+def set_speed(page: Page, presses_left: int) -> None:
+    """Slow motion: move "Steps per refresh" left from max (1: 100 steps, 2: 25 steps, ...)."""
+    for _ in range(presses_left):
+        count_runs(page)
+        press_slider(page, "Steps per refresh", "ArrowLeft")
+        page.wait_for_function("() => window.__bnvizRuns > 0", timeout=UI_TIMEOUT_MS)
+        wait_idle(page)
+
+
+def slider_value(page: Page, label: str) -> str:
+    return slider(page, label).get_by_test_id("stSliderThumbValue").inner_text().strip()
+
+
+def count_runs(page: Page) -> None:
+    """Start counting finished script runs (full or fragment) in window.__bnvizRuns."""
+    page.evaluate("""() => {
+        window.__bnvizRuns = 0;
+        if (window.__bnvizObserver) window.__bnvizObserver.disconnect();
+        const app = document.querySelector("[data-testid='stApp']");
+        window.__bnvizObserver = new MutationObserver(() => {
+            if (app.getAttribute('data-test-script-state') === 'notRunning') window.__bnvizRuns += 1; });
+        window.__bnvizObserver.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+    }""")
+
+
+_NUDGE_OPTIONS = ("layer norm", "none")
+
+
+def rerun(page: Page) -> None:
+    """A full rerun that changes nothing in the lab, so the page shows the server's state now.
+
+    Picks another option in "Add a variant" (a selectbox without a callback: changing it
+    only reruns the script) and waits until that run finished.
+    """
+    combo = page.get_by_role("combobox", name="Add a variant", exact=True)
+    current = combo.input_value()
+    target = _NUDGE_OPTIONS[0] if current != _NUDGE_OPTIONS[0] else _NUDGE_OPTIONS[1]
+    count_runs(page)
+    combo.click()
+    page.get_by_role("option", name=target, exact=True).click()
+    page.wait_for_function("() => window.__bnvizRuns > 0", timeout=UI_TIMEOUT_MS)
+    wait_idle(page)
