@@ -49,12 +49,13 @@ CUSTOM = "(custom)"
 def init_state() -> Lab:
     """First run of a session: read the link; every run: the session's Lab with the comparison."""
     ss = st.session_state
-    if "lab.cmp" not in ss:
+    first_run = "lab.cmp" not in ss
+    if first_run:
         cmp, preset, warnings = share.from_query(st.query_params.to_dict())
         ss["lab.cmp"], ss["lab.preset"], ss["lab.link_warnings"] = cmp, preset, warnings
         ss["lab.errors"] = {}
     lab = session_lab()
-    if lab.comparison is None:
+    if first_run or lab.comparison is None:
         lab.configure(ss["lab.cmp"])
     elif ss["lab.cmp"] != lab.comparison:
         # The Lab outlives reruns and is only changed by the callbacks below, so it is the
@@ -273,6 +274,10 @@ def live_ui(lab: Lab) -> None:
     """The charts, redrawn every REFRESH_S while the lab trains."""
 
     def draw(snap) -> None:
+        if st.session_state.get("lab.cmp") != lab.comparison:
+            # A callback's session-state write was lost to a fast rerun (see init_state): a
+            # full run re-reads the Lab, so the widgets and the share link follow it.
+            st.rerun(scope="app")
         for spec in FIGURES:
             st.plotly_chart(spec.build(snap), key=f"lab.chart.{spec.key}", width="stretch",
                             config={"displaylogo": False})
@@ -283,7 +288,7 @@ def live_ui(lab: Lab) -> None:
 
 def share_ui(lab: Lab) -> None:
     ss = st.session_state
-    query = share.to_query(ss["lab.cmp"], ss["lab.preset"])
+    query = share.to_query(lab.comparison, ss["lab.preset"])  # the Lab: what actually runs
     st.query_params.from_dict(query)  # the address bar is always the share link
     st.subheader("Share and download")
     base = (st.context.url or "").split("?")[0]
