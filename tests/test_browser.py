@@ -10,8 +10,8 @@ charts redrawn on every refresh, each click handled after the backlog): waits ar
 and values that show only briefly are caught by a MutationObserver
 (browser_support.record_progress).
 
-A change made while the lab trains is sometimes undone by a race (REVERTED below, not
-deterministic): the two tests that make one xfail with that reason when they see it.
+A change made while the lab trains must stick: the widget, the run and the share link all
+take it (expect_change_in_link).
 """
 
 from __future__ import annotations
@@ -191,29 +191,15 @@ def message_drawn(page, text: str) -> bool:
         return any(text in a for a in recorded_alerts(page))
 
 
-# A race seen in about one of four changes made while a lab trains. Not deterministic, so no
-# strict xfail: the tests call pytest.xfail with this reason only when they see it strike.
-REVERTED = (
-    "BUG (race): a change made while the lab trains was undone. ui/lab.py _apply calls "
-    "session_lab().configure(new) and only then writes st.session_state['lab.cmp']; with Streamlit's "
-    "runner.fastReruns (the default) the widget callback runs on a new ScriptRunner while the chart-"
-    "fragment run it interrupted finishes on the old one, whose end-of-run session-state compaction "
-    "drops that write. The next run's init_state() calls lab.configure(ss['lab.cmp']) with the OLD "
-    "comparison and restarts back (or sets the old lr): the widget shows the new value, the run and the "
-    "share link the old one. Server trace: configure(new) and configure(old) on one Lab 0.7 s apart, "
-    "the old runner's FRAGMENT_STOPPED at the instant of the callback; not seen with "
-    "--runner.fastReruns false.")
-
-
 def expect_change_in_link(page, pattern: re.Pattern, widget_shows_change) -> None:
-    """The share link (address bar) takes the change; if it never does while the widget shows
-    it, that is the REVERTED race."""
-    try:
-        expect(page).to_have_url(pattern, timeout=UI_TIMEOUT_MS)
-    except AssertionError:
-        if widget_shows_change():
-            pytest.xfail(REVERTED)
-        raise
+    """The share link (address bar) takes the change, and the widget still shows it.
+
+    A fast rerun can drop a callback's session-state write; ui/lab.py then re-reads the
+    comparison from the Lab instead of undoing the change (it once did, in about one of
+    four changes made while training).
+    """
+    expect(page).to_have_url(pattern, timeout=UI_TIMEOUT_MS)
+    assert widget_shows_change(), "the widget went back to the old value"
 
 
 def test_changing_bn_norm_restarts_from_the_same_seed(app_server, page):
