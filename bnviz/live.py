@@ -24,6 +24,7 @@ from collections import deque
 from bnviz import limits
 from bnviz.config import Comparison
 from bnviz.errors import BnvizError
+from bnviz.pacing import PACER
 from bnviz.runlog import RunSnapshot
 from bnviz.trainer import Trainer
 
@@ -108,6 +109,7 @@ class Lab:
         self.message: str | None = None  # why the lab stopped, if not by the user
         self.change: str | None = None  # what the last configure() did, until the page shows it
         self.settle_until = 0.0  # keep the page refreshing until then, to show what a click caused
+        self.refresh_s: float | None = None  # the page's timer now (bnviz/pacing.py); None: not live
         self._lock = threading.RLock()
         pool.labs.add(self)
 
@@ -191,7 +193,12 @@ class Lab:
         with self._lock:
             if self.trainer is not None:
                 self.trainer.join(timeout=5)
+            # Streamlit keeps a disconnected session (and with it this Lab) for
+            # server.disconnectedSessionTTL seconds in case the tab reconnects; drop the
+            # trainer now so its models and run log are freed at once, not minutes later.
+            self.trainer = None
         self.pool.labs.discard(self)
+        PACER.forget(id(self))
         # Read by the leak tests and by an operator: how many workers outlive their tabs.
         log.warning("bnviz: session closed; %d labs open, %d training workers alive",
                     len(self.pool.labs), alive_workers())

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 import streamlit as st
 
 from bnviz.errors import BnvizError
 from bnviz.live import Lab
+from bnviz.pacing import MIN_S, PACER
 from bnviz.runlog import RunSnapshot
-
-REFRESH_S = 0.5  # chart refresh while training: lively, yet cheap for 30 sessions
 
 
 def run_controls_ui(lab: Lab, prefix: str):
@@ -48,8 +48,10 @@ def status_ui(lab: Lab, snap: RunSnapshot | None) -> None:
         return
     total = lab.trainer.total_steps if lab.trainer else 1
     state = {"running": "training", "paused": "paused" if not lab.running else "waiting"}.get(snap.state, snap.state)
+    every = lab.refresh_s
+    pace = f" · charts every {every:g} s (busy server)" if every and every > MIN_S else ""
     st.progress(min(snap.step / max(total, 1), 1.0),
-                text=f"step {snap.step:,} / {total:,} · {snap.steps_per_s:,.0f} steps/s · {state}")
+                text=f"step {snap.step:,} / {total:,} · {snap.steps_per_s:,.0f} steps/s · {state}{pace}")
     for v in snap.variants.values():
         if v.status == "diverged":
             st.error(f"{v.name} diverged at step {v.diverged_at} (loss became NaN or infinite); "
@@ -61,18 +63,23 @@ def status_ui(lab: Lab, snap: RunSnapshot | None) -> None:
 
 
 def live_fragment(lab: Lab, draw: Callable[[RunSnapshot], None], empty_hint: str | None = None) -> None:
-    """Status and ``draw(snapshot)``, re-run every REFRESH_S while the lab trains or waits.
+    """Status and ``draw(snapshot)``, re-run on a timer while the lab trains or waits.
 
     The script itself returns at once; only this fragment re-runs, so a rerun never
-    queues behind training. When training ends it re-runs the page once, without the timer.
+    queues behind training. The timer's interval comes from the process-wide pacer
+    (bnviz/pacing.py): 0.5 s for a few pages, longer when many pages redraw at once, so
+    the redraws cannot starve the training. A change of interval, and the end of
+    training, re-run the page once (a fragment's timer is set by the full run).
     """
     def is_live() -> bool:
         return lab.active or lab.queue_place is not None or lab.settling
 
     live = is_live()
+    lab.refresh_s = PACER.interval(lab.refresh_s) if live else None
 
-    @st.fragment(run_every=REFRESH_S if live else None)
+    @st.fragment(run_every=lab.refresh_s)
     def fragment() -> None:
+        started = time.thread_time()
         snap = lab.refresh()
         status_ui(lab, snap)
         if snap is not None and snap.step > 0:
@@ -80,7 +87,15 @@ def live_fragment(lab: Lab, draw: Callable[[RunSnapshot], None], empty_hint: str
         elif lab.queue_place is None:
             st.info(empty_hint or "Press **Start** to train every variant side by side on the same batches, "
                     "or **Step** to take one step at a time.", icon=":material/info:")
-        if live and not is_live():
+        if not live:
+            return
+        if not is_live():
+            PACER.forget(id(lab))
             st.rerun(scope="app")  # training ended or settled: redraw once without the timer
+        # What this redraw cost the server (this thread's CPU: building the charts and their
+        # messages); the websocket send on the event loop is not in it.
+        PACER.record(id(lab), time.thread_time() - started)
+        if PACER.interval(lab.refresh_s) != lab.refresh_s:
+            st.rerun(scope="app")  # the server's load moved a whole step: take the new interval
 
     fragment()
