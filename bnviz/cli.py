@@ -135,7 +135,6 @@ def _run_sweep(args, comparison: Comparison, sweep: tuple[str, tuple]) -> int:
 def _run(args) -> int:
     from tqdm import tqdm  # imported here: `presets` and bad input answer instantly
 
-    from bnviz import figures
     from bnviz.report import to_html
     from bnviz.runlog import to_csv
     from bnviz.trainer import Trainer
@@ -166,7 +165,7 @@ def _run(args) -> int:
     (out / "metrics.csv").write_text(to_csv(snap), encoding="utf-8")
     title = f"bnviz: {args.preset}" if args.preset else "bnviz run"
     note = presets.get(args.preset).note if args.preset else None
-    extra = [getattr(figures, n) for n in presets.get(args.preset).figures] if args.preset else []
+    extra = presets.get(args.preset).figures if args.preset else ()
     (out / "report.html").write_text(to_html(snap, title, note, extra), encoding="utf-8")
     for v in snap.variants.values():
         acc = v.evals["test_acc"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import functools
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -26,11 +26,12 @@ from bnviz.metrics import LABELS
 from bnviz.runlog import RunSnapshot, VariantSnapshot
 
 # Points per line trace (the live page's curves grow one point per logged step up to this
-# cap; tests/test_browser.py relies on it) and histograms (columns) per heatmap (a subplot
-# is ~340 px wide). One refresh of every chart of a 2-variant, 3-layer run is ~420 KB of
-# JSON with these; 200 points would make it 292 KB (bench/, docs/PERFORMANCE.md).
-MAX_POINTS = 400
-HEATMAP_COLUMNS = 64
+# cap; tests/test_browser.py relies on it) and histograms (columns) per heatmap. A layer's
+# subplot is 300-450 px wide, so 250 points are more than one per 2 px and 48 columns ~8 px
+# each: nothing visible is lost. One refresh of every chart of a 2-variant, 3-layer run is
+# then under 300 KB of JSON (400 points and 64 columns made it 417 KB; bench/, PERFORMANCE.md).
+MAX_POINTS = 250
+HEATMAP_COLUMNS = 48
 PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#9D755D", "#EECA3B")
 LAYER_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                  "#bcbd22", "#17becf")
@@ -406,6 +407,15 @@ class FigureSpec:
     caption: str
 
 
+def preset_figures(names: Sequence[str]) -> list[FigureSpec]:
+    """The figures a preset names (``Preset.figures``), each captioned by its docstring's first line."""
+    specs = []
+    for name in names:
+        fn = globals()[name]
+        specs.append(FigureSpec(name, fn, (fn.__doc__ or "").strip().splitlines()[0]))
+    return specs
+
+
 FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("loss_accuracy", loss_accuracy,
                "Which variant's loss falls faster, and whose test accuracy climbs first?"),
@@ -528,3 +538,58 @@ def smoothness_figure(snap: RunSnapshot) -> go.Figure:
     cv.update_axes("y", type="log")
     cv.update_axes("x", title_text="step")
     return cv.figure("Loss landscape along the gradient (steps of 0.5–4 × lr)", 360)
+
+
+# Bjorck et al. 2018: growth with depth, and the output gradient ---------------------------
+def depth_growth(snap: RunSnapshot) -> go.Figure:
+    """Without BN the activations grow with depth and every image gets nearly the same output gradient; with BN neither.
+
+    Bjorck et al. 2018 (bnviz/depth.py), at initialization: each variant's initial network,
+    rebuilt from its recorded config, on the run's first training batch. Top: per hidden
+    layer, the mean over units of |batch mean| and of the batch variance (log scale).
+    Bottom: dL/dz for every image (columns) and class (rows); its title gives
+    ``depth.gradient_similarity``.
+    """
+    # Imported here: this figure builds each variant's initial network (torch) from its
+    # recorded config; every other figure needs only the log.
+    from bnviz.depth import snapshot_profiles
+
+    profiles = snapshot_profiles(snap)
+    names = list(profiles)
+    cols = max(2, len(names))
+    titles = (["activation mean by depth", "activation variance by depth"] + [""] * (cols - 2)
+              + [f"{n}: output gradient (similarity {p.similarity:.2f})" for n, p in profiles.items()]
+              + [""] * (cols - len(names)))
+    cv = _Canvas(rows=2, cols=cols, subplot_titles=titles, vertical_spacing=0.2, horizontal_spacing=0.08)
+    rdbu = _colorscale("RdBu")
+    for c, (name, p) in enumerate(profiles.items(), start=1):
+        color, depth = variant_color(snap, name), np.arange(1, len(p.layers) + 1)
+        for col, (y, what) in enumerate(((p.mean, "mean |unit mean|"), (p.var, "unit variance")), start=1):
+            cv.add({"type": "scatter", "x": depth, "y": np.where(y > 0, y, np.nan), "name": name,
+                    "legendgroup": name, "showlegend": col == 1, "mode": "lines+markers", "marker": {"size": 5},
+                    "line": {"color": color, "width": 2},
+                    "hovertemplate": f"{name} hidden%{{x}}<br>{what} %{{y:.3g}}<extra></extra>"}, 1, col)
+        n_classes, n_images = p.grad.shape
+        cv.add({"type": "heatmap", "z": p.grad.astype(np.float32), "x": np.arange(1, n_images + 1),
+                "y": np.arange(n_classes), "customdata": np.broadcast_to(p.labels, p.grad.shape),
+                "colorscale": rdbu, "reversescale": True,  # red: the loss pushes that logit down
+                "zmin": -1, "zmax": 1, "zmid": 0,  # p - onehot(y) lies in [-1, 1]: one scale for every variant
+                "showscale": c == len(names), "colorbar": {"title": {"text": "dL/dz"}, "len": 0.4, "y": 0.2},
+                "hovertemplate": f"{name}: image %{{x}}, label %{{customdata}}<br>class %{{y}}: dL/dz %{{z:.3f}}"
+                                 "<extra></extra>"}, 2, c)
+        cv.update_axes("x", row=2, col=c, title_text="image of the run's first batch")
+        cv.update_axes("y", row=2, col=c, dtick=1)
+    cv.update_axes("y", row=2, col=1, title_text="class")
+    for col in (1, 2):
+        cv.update_axes("y", row=1, col=col, type="log")
+        cv.update_axes("x", row=1, col=col, title_text="hidden layer (depth)")
+    cv.update_axes("y", row=1, col=1, title_text="mean |unit mean| (log)")
+    cv.update_axes("y", row=1, col=2, title_text="unit variance (log)")
+    for col in range(3, cols + 1):  # row 1 has two panels whatever the number of variants
+        cv.update_axes("x", row=1, col=col, visible=False)
+        cv.update_axes("y", row=1, col=col, visible=False)
+    if not names:
+        cv.annotate(text="no configuration recorded for any variant (a run read back from metrics.csv?)",
+                    showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    return cv.figure("Bjorck et al. 2018, at initialization: activations by depth, output gradients by image", 760,
+                     hovermode="closest")

@@ -7,20 +7,17 @@ from __future__ import annotations
 
 import html
 import json
+from typing import Sequence
 
-from typing import Callable, Sequence
-
-import plotly.graph_objects as go
-
-from bnviz.figures import FIGURES, FigureSpec
+from bnviz.figures import FIGURES, preset_figures
 from bnviz.runlog import RunSnapshot
 
 
 def to_html(snap: RunSnapshot, title: str = "bnviz run", note: str | None = None,
-            extra: Sequence[Callable[[RunSnapshot], go.Figure]] = ()) -> str:
-    """``extra``: figure functions a preset names (e.g. the paper's Figure 1), shown first."""
+            extra: Sequence[str] = ()) -> str:
+    """``extra``: names of the figures a preset adds (``Preset.figures``), shown first."""
     parts = []
-    specs = [FigureSpec(f.__name__, f, (f.__doc__ or "").strip().splitlines()[0]) for f in extra] + list(FIGURES)
+    specs = preset_figures(extra) + list(FIGURES)
     for i, spec in enumerate(specs):
         fig_html = spec.build(snap).to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False,
                                             config={"displaylogo": False})

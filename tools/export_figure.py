@@ -2,10 +2,13 @@
 
     python tools/export_figure.py out/paper-fig1 paper_figure1 docs/img/paper-fig1.png
 
-Reads the run's metrics.csv (no retraining), builds the figure with bnviz.figures, and
-renders it in headless Chromium (Debian's chromium; Playwright drives it).
+Reads the run's metrics.csv (no retraining) and config.json (figures that rebuild a
+variant's initial network, like depth_growth, need its config; the CSV keeps none),
+builds the figure with bnviz.figures, and renders it in headless Chromium (Debian's
+chromium; Playwright drives it).
 """
 
+import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -15,14 +18,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from bnviz import figures  # noqa: E402
-from bnviz.runlog import from_csv  # noqa: E402
+from bnviz.config import Comparison  # noqa: E402
+from bnviz.runlog import RunSnapshot, from_csv  # noqa: E402
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def main(run_dir: str, name: str, png: str, width: int = 1200) -> None:
+def read_run(run_dir: str) -> RunSnapshot:
+    """The run's metrics.csv as a snapshot, with each variant's config from config.json where there is one."""
     snap = from_csv(Path(run_dir, "metrics.csv").read_text(encoding="utf-8"))
+    config = Path(run_dir, "config.json")
+    if not config.exists():
+        return snap
+    cmp = Comparison.from_json(config.read_text(encoding="utf-8"))
+    return dataclasses.replace(snap, variants={
+        n: dataclasses.replace(v, config=cmp.variants[n].to_dict()) if n in cmp.variants else v
+        for n, v in snap.variants.items()})
+
+
+def main(run_dir: str, name: str, png: str, width: int = 1200) -> None:
+    snap = read_run(run_dir)
     fig = getattr(figures, name)(snap)
     fig.update_layout(width=width)
     with tempfile.TemporaryDirectory() as tmp:

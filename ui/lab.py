@@ -29,7 +29,7 @@ from bnviz.config import (
 )
 from bnviz.data import DATASETS
 from bnviz.errors import BnvizError
-from bnviz.figures import FIGURES
+from bnviz.figures import FIGURES, preset_figures
 from bnviz.limits import current as current_limits
 from bnviz.live import SPEEDS, Lab, session_lab
 from bnviz.report import to_html
@@ -271,14 +271,17 @@ def controls_ui(lab: Lab) -> None:
 
 
 def live_ui(lab: Lab) -> None:
-    """The charts, redrawn every REFRESH_S while the lab trains."""
+    """The charts, redrawn on the pacer's timer (bnviz/pacing.py) while the lab trains."""
+
+    preset = presets.PRESETS.get(st.session_state["lab.preset"])
+    specs = preset_figures(preset.figures if preset else ()) + list(FIGURES)  # the preset's own first
 
     def draw(snap) -> None:
         if st.session_state.get("lab.cmp") != lab.comparison:
             # A callback's session-state write was lost to a fast rerun (see init_state): a
             # full run re-reads the Lab, so the widgets and the share link follow it.
             st.rerun(scope="app")
-        for spec in FIGURES:
+        for spec in specs:
             st.plotly_chart(spec.build(snap), key=f"lab.chart.{spec.key}", width="stretch",
                             config={"displaylogo": False})
             st.caption(spec.caption)
@@ -299,6 +302,8 @@ def share_ui(lab: Lab) -> None:
     has_run = lab.trainer is not None
     c1.download_button("Download CSV (tidy)", data=lambda: to_csv(snap_fn()), file_name="bnviz-metrics.csv",
                        mime="text/csv", key="lab.dl.csv", disabled=not has_run, on_click="ignore")
-    c2.download_button("Download HTML report", data=lambda: to_html(snap_fn(), "bnviz run"),
+    preset = presets.PRESETS.get(ss["lab.preset"])
+    title, extra = (f"bnviz: {preset.name}", preset.figures) if preset else ("bnviz run", ())
+    c2.download_button("Download HTML report", data=lambda: to_html(snap_fn(), title, extra=extra),
                        file_name="bnviz-report.html", mime="text/html", key="lab.dl.html", disabled=not has_run,
                        on_click="ignore")
