@@ -404,8 +404,18 @@ def press_slider(page: Page, label: str, key: str) -> None:
 def set_speed(page: Page, presses_left: int) -> None:
     """Slow motion: move "Steps per refresh" left from max (1: 100 steps, 2: 25 steps, ...)."""
     for _ in range(presses_left):
+        before = slider_value(page, "Steps per refresh")
         count_runs(page)
-        press_slider(page, "Steps per refresh", "ArrowLeft")
+        # A key press can land while a run redraws the slider and be lost: press again
+        # until the thumb moved (one notch: each press is checked before the next).
+        for _attempt in range(5):
+            press_slider(page, "Steps per refresh", "ArrowLeft")
+            try:
+                expect(slider(page, "Steps per refresh").get_by_test_id("stSliderThumbValue")).not_to_have_text(
+                    before, timeout=5_000)
+                break
+            except AssertionError:
+                continue
         page.wait_for_function("() => window.__bnvizRuns > 0", timeout=UI_TIMEOUT_MS)
         wait_idle(page)
 

@@ -273,7 +273,9 @@ def test_learning_rate_change_applies_live_without_restart(app_server, page):
     wait_progress(page, lambda p: p.step > marks[0]["x"] + 25, "training to go on")
     steps = [p.step for p in recorded_progress(page)]
     assert steps and min(steps) >= before and steps[-1] > before, f"the step counter went back: {before} -> {steps}"
-    assert chart_points(page)["loss_accuracy"] >= min(before, MAX_POINTS)  # the curve kept its history
+    # (read once the chart is on the page: a full rerun redraws it)
+    drawn = poll(lambda: chart_points(page), lambda c: "loss_accuracy" in c, 30, "the loss chart")
+    assert drawn["loss_accuracy"] >= min(before, MAX_POINTS)  # the curve kept its history
     screenshot(page, "06-lr-changed-live")
     assert message_drawn(page, "Learning rate changed live"), recorded_alerts(page)
 
