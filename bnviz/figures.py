@@ -502,7 +502,9 @@ def sweep_figure(result_rows: list[dict], field: str, log_x: bool = True) -> go.
 # Santurkar et al. 2018: the ICS measure and the smoothness probes ------------------------
 def ics_figure(snap: RunSnapshot) -> go.Figure:
     """Their ICS measure per layer: ||G − G'|| (0 is ideal) and cos(G, G') (1 is ideal), per variant."""
-    layers = _layers(snap)
+    # The first hidden layer has no earlier layers to shift its input: its ||G − G'|| is 0 and
+    # its cosine 1 by definition (claims.landscape_mean leaves it out too), so it gets no panel.
+    layers = _layers(snap)[1:] or _layers(snap)
     cv = _Canvas(rows=2, cols=len(layers), shared_xaxes=True, row_titles=("||G − G'||", "cos(G, G')"),
                  subplot_titles=layers, vertical_spacing=0.1, horizontal_spacing=0.04)
     for v in snap.variants.values():

@@ -9,6 +9,7 @@ chromium; Playwright drives it).
 """
 
 import dataclasses
+import inspect
 import sys
 import tempfile
 from pathlib import Path
@@ -54,5 +55,30 @@ def main(run_dir: str, name: str, png: str, width: int = 1200) -> None:
     print(f"wrote {png}")
 
 
+def _is_figure(f) -> bool:
+    """A figure function of bnviz.figures: snapshot in, go.Figure out."""
+    return (inspect.isfunction(f) and f.__module__ == figures.__name__
+            and inspect.signature(f).return_annotation in ("go.Figure", "Figure"))
+
+
+def cli(argv: list[str]) -> int:
+    """Bad input: one line naming what is wrong, exit 2 (no traceback)."""
+    usage = "usage: python tools/export_figure.py RUN_DIR FIGURE OUT.png"
+    if len(argv) != 3:
+        print(f"{usage}\n(FIGURE: a figure function of bnviz.figures, e.g. paper_figure1)", file=sys.stderr)
+        return 2
+    run_dir, name, png = argv
+    if not Path(run_dir, "metrics.csv").is_file():
+        print(f"RUN_DIR: no metrics.csv in {run_dir!r} (a folder written by `python -m bnviz run --out`)",
+              file=sys.stderr)
+        return 2
+    if name.startswith("_") or not _is_figure(getattr(figures, name, None)):
+        known = sorted(n for n, f in vars(figures).items() if not n.startswith("_") and _is_figure(f))
+        print(f"FIGURE: unknown figure {name!r}; allowed: {', '.join(known)}", file=sys.stderr)
+        return 2
+    main(run_dir, name, png)
+    return 0
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    sys.exit(cli(sys.argv[1:]))
