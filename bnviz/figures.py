@@ -32,6 +32,7 @@ from bnviz.runlog import RunSnapshot, VariantSnapshot
 # then under 300 KB of JSON (400 points and 64 columns made it 417 KB; bench/, PERFORMANCE.md).
 MAX_POINTS = 250
 HEATMAP_COLUMNS = 48
+MAX_LAYER_PANELS = 6  # layers shown side by side as small multiples (figures._panel_layers)
 PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#9D755D", "#EECA3B")
 LAYER_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                  "#bcbd22", "#17becf")
@@ -188,6 +189,21 @@ def _layers(snap: RunSnapshot) -> list[str]:
     return seen
 
 
+def _panel_layers(snap: RunSnapshot, skip_first: bool = False) -> tuple[list[str], str]:
+    """The layers that get a panel of their own, and a title suffix saying so when not all do.
+
+    A panel narrower than ~150 px shows nothing (a 20-layer net would get 20 unreadable
+    ones): deep nets show MAX_LAYER_PANELS layers, evenly spaced, first and last included.
+    """
+    layers = _layers(snap)
+    if skip_first and len(layers) > 1:
+        layers = layers[1:]
+    if len(layers) <= MAX_LAYER_PANELS:
+        return layers, ""
+    idx = sorted({int(round(i)) for i in np.linspace(0, len(layers) - 1, MAX_LAYER_PANELS)})
+    return [layers[i] for i in idx], f" · {len(idx)} of {len(layers)} layers"
+
+
 # 1. loss and accuracy -------------------------------------------------------------------
 def loss_accuracy(snap: RunSnapshot) -> go.Figure:
     cv = _Canvas(rows=1, cols=2, subplot_titles=("train loss", "test accuracy"), horizontal_spacing=0.08)
@@ -208,7 +224,7 @@ def loss_accuracy(snap: RunSnapshot) -> go.Figure:
 # 2. percentile bands (the paper's Figure 1 b/c) -----------------------------------------
 def percentile_bands(snap: RunSnapshot, unit: bool = False) -> go.Figure:
     prefix = "unit" if unit else "act"
-    layers = _layers(snap)
+    layers, shown = _panel_layers(snap)
     names = list(snap.variants)
     cv = _Canvas(rows=len(names), cols=len(layers), shared_xaxes=True, shared_yaxes=True, row_titles=names,
                  column_titles=layers, vertical_spacing=0.06, horizontal_spacing=0.02)
@@ -234,7 +250,7 @@ def percentile_bands(snap: RunSnapshot, unit: bool = False) -> go.Figure:
     cv.update_axes("y", col=1, title_text="input to nonlinearity")
     cv.update_axes("x", row=len(names), title_text="step")
     _mark_events(cv, snap, len(names), len(layers))
-    return cv.figure(f"Pre-activation percentiles over time ({what})", 180 + 190 * len(names))
+    return cv.figure(f"Pre-activation percentiles over time ({what}){shown}", 180 + 190 * len(names))
 
 
 def _alpha(hex_color: str, a: float) -> str:
@@ -260,7 +276,7 @@ def _display_range(snap: RunSnapshot) -> tuple[float, float]:
 
 
 def histogram_heatmap(snap: RunSnapshot) -> go.Figure:
-    layers = _layers(snap)
+    layers, shown = _panel_layers(snap)
     names = list(snap.variants)
     lo, hi = _display_range(snap)
     cv = _Canvas(rows=len(names), cols=len(layers), shared_xaxes=True, shared_yaxes=True, row_titles=names,
@@ -292,12 +308,12 @@ def histogram_heatmap(snap: RunSnapshot) -> go.Figure:
     cv.update_axes("y", col=1, title_text="input to nonlinearity")
     cv.update_axes("x", row=len(names), title_text="step")
     _mark_events(cv, snap, len(names), len(layers))
-    return cv.figure("Distribution of each layer over time", 180 + 190 * len(names), hovermode="closest")
+    return cv.figure(f"Distribution of each layer over time{shown}", 180 + 190 * len(names), hovermode="closest")
 
 
 # 4. current distribution ----------------------------------------------------------------
 def current_distribution(snap: RunSnapshot) -> go.Figure:
-    layers = _layers(snap)
+    layers, shown = _panel_layers(snap)
     lo, hi = _display_range(snap)
     cv = _Canvas(rows=1, cols=len(layers), shared_yaxes=True, subplot_titles=layers, horizontal_spacing=0.03)
     for v in snap.variants.values():
@@ -317,7 +333,7 @@ def current_distribution(snap: RunSnapshot) -> go.Figure:
     cv.update_axes("x", range=[lo, hi], title_text="input to nonlinearity")
     cv.update_axes("y", col=1, title_text="density")
     step = max((int(v.hist_steps[-1]) for v in snap.variants.values() if len(v.hist_steps)), default=0)
-    return cv.figure(f"Distribution of each layer now (step {step})", 320, hovermode="closest")
+    return cv.figure(f"Distribution of each layer now (step {step}){shown}", 320, hovermode="closest")
 
 
 # 5, 6. gradient norms and update ratios ---------------------------------------------------
@@ -362,7 +378,7 @@ def shift_series(v: VariantSnapshot, window: int = SHIFT_WINDOW) -> tuple[np.nda
 
 
 def shift_scores(snap: RunSnapshot) -> go.Figure:
-    layers = _layers(snap)
+    layers, shown = _panel_layers(snap)
     cv = _Canvas(rows=1, cols=len(layers), shared_yaxes=True, subplot_titles=layers, horizontal_spacing=0.03)
     for v in snap.variants.values():
         steps, w1 = shift_series(v)
@@ -375,7 +391,7 @@ def shift_scores(snap: RunSnapshot) -> go.Figure:
     cv.update_axes("y", col=1, type="log", title_text="W1 shift (log)")
     cv.update_axes("x", title_text="step")
     _mark_events(cv, snap, 1, len(layers))
-    return cv.figure("Covariate shift score: how far each layer's input distribution moved", 320)
+    return cv.figure(f"Covariate shift score: how far each layer's input distribution moved{shown}", 320)
 
 
 # the paper's Figure 1 -------------------------------------------------------------------
@@ -504,7 +520,7 @@ def ics_figure(snap: RunSnapshot) -> go.Figure:
     """Their ICS measure per layer: ||G − G'|| (0 is ideal) and cos(G, G') (1 is ideal), per variant."""
     # The first hidden layer has no earlier layers to shift its input: its ||G − G'|| is 0 and
     # its cosine 1 by definition (claims.landscape_mean leaves it out too), so it gets no panel.
-    layers = _layers(snap)[1:] or _layers(snap)
+    layers, shown = _panel_layers(snap, skip_first=True)
     cv = _Canvas(rows=2, cols=len(layers), shared_xaxes=True, row_titles=("||G − G'||", "cos(G, G')"),
                  subplot_titles=layers, vertical_spacing=0.1, horizontal_spacing=0.04)
     for v in snap.variants.values():
@@ -522,7 +538,7 @@ def ics_figure(snap: RunSnapshot) -> go.Figure:
     cv.update_axes("y", row=1, type="log")
     cv.update_axes("y", row=2, range=[-0.05, 1.05])
     cv.update_axes("x", row=2, title_text="step")
-    return cv.figure("Internal covariate shift as Santurkar et al. measure it", 520)
+    return cv.figure(f"Internal covariate shift as Santurkar et al. measure it{shown}", 520)
 
 
 def smoothness_figure(snap: RunSnapshot) -> go.Figure:

@@ -243,3 +243,30 @@ def test_report_is_self_contained_html(snap):
         assert spec.caption.replace("'", "&#x27;") in html
     assert "boom" in html and "diverged at step" in html
 
+
+
+@pytest.fixture(scope="module")
+def deep() -> RunSnapshot:
+    """A 20-layer comparison after a few steps."""
+    trainer = Trainer(Comparison.from_flat(["variants=plain,bn", "bn.norm=batch", "dataset=blobs", "width=8",
+                                            "depth=20", "steps=12", "hist_every=1", "eval_every=6"]))
+    trainer.run()
+    s = trainer.log.snapshot()
+    return s
+
+
+@pytest.mark.parametrize("build", [percentile_bands, figures.histogram_heatmap, figures.current_distribution,
+                                   figures.shift_scores])
+def test_a_deep_net_gets_at_most_six_readable_layer_panels_first_and_last_included(deep, build):
+    fig = build(deep)
+    titles = {a.text for a in fig.layout.annotations}
+    shown = [f"hidden{i}" for i in range(1, 21) if f"hidden{i}" in titles]
+    assert len(shown) == figures.MAX_LAYER_PANELS
+    assert shown[0] == "hidden1" and shown[-1] == "hidden20"
+    assert f"{figures.MAX_LAYER_PANELS} of 20 layers" in fig.layout.title.text
+
+
+def test_a_shallow_net_shows_every_layer_without_a_note(calm):
+    fig = percentile_bands(calm)
+    assert {a.text for a in fig.layout.annotations} >= set(LAYERS)
+    assert " · " not in fig.layout.title.text  # no "k of n layers" note
