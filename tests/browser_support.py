@@ -402,21 +402,24 @@ def press_slider(page: Page, label: str, key: str) -> None:
 
 
 def set_speed(page: Page, presses_left: int) -> None:
-    """Slow motion: move "Steps per refresh" left from max (1: 100 steps, 2: 25 steps, ...)."""
+    """Slow motion: move "Steps per refresh" left from max (1: 100 steps, 2: 25 steps, ...).
+
+    Each press must move the thumb (a press that lands while a run redraws the slider can be
+    lost: press again). The value travels with every later rerun request, so it reaches the
+    server with the run it causes or, at the latest, with the next click (Start).
+    """
+    thumb_value = slider(page, "Steps per refresh").get_by_test_id("stSliderThumbValue")
     for _ in range(presses_left):
         before = slider_value(page, "Steps per refresh")
-        count_runs(page)
-        # A key press can land while a run redraws the slider and be lost: press again
-        # until the thumb moved (one notch: each press is checked before the next).
         for _attempt in range(5):
             press_slider(page, "Steps per refresh", "ArrowLeft")
             try:
-                expect(slider(page, "Steps per refresh").get_by_test_id("stSliderThumbValue")).not_to_have_text(
-                    before, timeout=5_000)
+                expect(thumb_value).not_to_have_text(before, timeout=5_000)
                 break
             except AssertionError:
                 continue
-        page.wait_for_function("() => window.__bnvizRuns > 0", timeout=UI_TIMEOUT_MS)
+        else:
+            raise AssertionError(f"'Steps per refresh' stayed at {before} after 5 presses")
         wait_idle(page)
 
 
@@ -436,7 +439,7 @@ def count_runs(page: Page) -> None:
     }""")
 
 
-_NUDGE_OPTIONS = ("layer norm", "none")
+_NUDGE_OPTIONS = ("LayerNorm", "none")
 
 
 def rerun(page: Page) -> None:

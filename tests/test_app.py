@@ -109,6 +109,22 @@ def test_changing_depth_updates_the_comparison():
     assert at.query_params["depth"] == "5"
 
 
+def test_adding_and_removing_variants_changes_the_comparison_but_never_empties_it():
+    at = run_app()
+    at.sidebar.selectbox(key="lab.w.add_norm").set_value("layer").run()
+    at.sidebar.button(key="lab.w.add").click().run()
+    assert not at.exception and not at.error
+    assert {n: v.norm for n, v in cmp(at).variants.items()} == {"plain": "none", "bn": "batch", "layer": "layer"}
+    at.sidebar.selectbox(key="lab.w.remove_pick").set_value("bn").run()
+    at.sidebar.button(key="lab.w.remove").click().run()
+    assert list(cmp(at).variants) == ["plain", "layer"]
+    assert at.query_params["variants"] == "plain,layer"
+    at.sidebar.selectbox(key="lab.w.remove_pick").set_value("plain").run()
+    at.sidebar.button(key="lab.w.remove").click().run()
+    assert list(cmp(at).variants) == ["layer"]
+    assert at.sidebar.button(key="lab.w.remove").disabled  # the last variant stays
+
+
 def test_refused_change_shows_the_error_and_keeps_the_comparison():
     at = run_app()
     at.sidebar.number_input(key="lab.w.width").set_value(10).run()

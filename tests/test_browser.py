@@ -213,9 +213,9 @@ def test_changing_bn_norm_restarts_from_the_same_seed(app_server, page):
     plain_before, bn_before = loss_curves(page, 100)
     before_step = progress(page).step
     record_progress(page)
-    select_in(page, variant_norm(page, "bn"), "layer norm")
+    select_in(page, variant_norm(page, "bn"), "LayerNorm")
     expect_change_in_link(page, re.compile(r"[?&]bn\.norm=layer(&|$)"),
-                          lambda: variant_norm(page, "bn").input_value() == "layer norm")
+                          lambda: variant_norm(page, "bn").input_value() == "LayerNorm")
     # Every value the page drew is recorded: the counter must have gone back near 0.
     back = poll(lambda: [p for p in recorded_progress(page) if p.step <= 200], bool, 60,
                 f"the step counter to go back near 0 (from {before_step})")

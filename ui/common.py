@@ -49,7 +49,7 @@ def status_ui(lab: Lab, snap: RunSnapshot | None) -> None:
     total = lab.trainer.total_steps if lab.trainer else 1
     state = {"running": "training", "paused": "paused" if not lab.running else "waiting"}.get(snap.state, snap.state)
     every = lab.refresh_s
-    pace = f" · charts every {every:g} s (busy server)" if every and every > MIN_S else ""
+    pace = f" · charts every {every:g} s (paced to the server's load)" if every and every > MIN_S and lab.active else ""
     st.progress(min(snap.step / max(total, 1), 1.0),
                 text=f"step {snap.step:,} / {total:,} · {snap.steps_per_s:,.0f} steps/s · {state}{pace}")
     for v in snap.variants.values():

@@ -38,8 +38,9 @@ from bnviz.trainer import resolve_device
 from ui.common import live_fragment, run_controls_ui
 
 LR_GRID = [round(m * 10.0 ** e, 6) for e in range(-4, 2) for m in (1, 2, 5)] + [100.0]
-NORM_LABELS = {"none": "none", "batch": "batch norm", "layer": "layer norm", "group": "group norm",
-               "batch_renorm": "batch renorm", "noisy_batch": "noisy batch norm"}
+# Short enough for a variant's row in the sidebar (normalization, placement, remove).
+NORM_LABELS = {"none": "none", "batch": "BatchNorm", "layer": "LayerNorm", "group": "GroupNorm",
+               "batch_renorm": "Renorm", "noisy_batch": "noisy BN"}
 VARIANT_NAMES = {"none": "plain", "batch": "bn", "layer": "layer", "group": "group",
                  "batch_renorm": "renorm", "noisy_batch": "noisy"}
 CUSTOM = "(custom)"
@@ -196,9 +197,10 @@ def variants_ui() -> None:
     """One row per variant: its normalization and placement; add or remove variants."""
     ss = st.session_state
     cmp: Comparison = ss["lab.cmp"]
-    st.subheader("Variants")
+    st.subheader("Variants", help="Each variant's normalization, and where it sits: before or after the "
+                                  "nonlinearity. Every variant trains on the same batches from the same seed.")
     for name, cfg in cmp.variants.items():
-        c1, c2, c3 = st.columns([4, 4, 1.4], vertical_alignment="bottom")
+        c1, c2 = st.columns([5.5, 4.5])
         with c1:
             key = f"lab.w.{name}.norm"
             if key not in ss:
@@ -210,17 +212,23 @@ def variants_ui() -> None:
             if key not in ss:
                 ss[key] = cfg.placement
             st.selectbox("placement", PLACEMENTS, key=key, disabled=cfg.norm == "none",
-                         on_change=_variant_change, args=(name, "placement", key),
-                         help="normalization before or after the nonlinearity")
-        with c3:
-            st.button("", icon=":material/close:", key=f"lab.w.{name}.remove", disabled=len(cmp.variants) <= 1,
-                      on_click=_remove_variant, args=(name,), help=f"remove {name}")
+                         on_change=_variant_change, args=(name, "placement", key))
         _field_error(f"{name}.norm")
-    c1, c2 = st.columns([5, 5], vertical_alignment="bottom")
+    # Adding and removing get a row each (not a button per variant): a 300 px sidebar has no
+    # room for a third column beside the normalization and its placement.
+    c1, c2 = st.columns([5.5, 4.5], vertical_alignment="bottom")
     with c1:
         st.selectbox("Add a variant", NORMS, key="lab.w.add_norm", format_func=NORM_LABELS.get)
     with c2:
-        st.button("Add", key="lab.w.add", on_click=_add_variant, disabled=len(cmp.variants) >= 8)
+        st.button("Add", key="lab.w.add", on_click=_add_variant, disabled=len(cmp.variants) >= 8,
+                  width="stretch")
+    c1, c2 = st.columns([5.5, 4.5], vertical_alignment="bottom")
+    with c1:
+        st.selectbox("Remove a variant", list(cmp.variants), index=len(cmp.variants) - 1, key="lab.w.remove_pick",
+                     disabled=len(cmp.variants) <= 1)
+    with c2:
+        st.button("Remove", key="lab.w.remove", on_click=_remove_picked, disabled=len(cmp.variants) <= 1,
+                  width="stretch")
     _field_error("variants")
 
 
@@ -230,7 +238,8 @@ def _variant_change(name: str, field: str, key: str) -> None:
         n: (cfg.replace(**{field: value}) if n == name else cfg) for n, cfg in c.variants.items()}))
 
 
-def _remove_variant(name: str) -> None:
+def _remove_picked() -> None:
+    name = st.session_state["lab.w.remove_pick"]
     _apply("variants", lambda c: Comparison({n: cfg for n, cfg in c.variants.items() if n != name}))
 
 
