@@ -93,17 +93,20 @@ def test_fifty_open_and_close_cycles_leave_no_worker_and_bounded_memory(app_serv
     offset = app_server.log_size()
 
     peak = baseline
-    for _ in range(CYCLES):
+    series = []  # RSS every 10 cycles: a plateau is the allocator, a steady climb a leak
+    for i in range(CYCLES):
         open_train_close(browser, app_server)
         peak = max(peak, rss_bytes(pid))
+        if i % 10 == 9:
+            series.append(round(rss_bytes(pid) / 2**20))
 
     labs, workers = settled_counts(app_server, offset, CYCLES)
     end = rss_bytes(pid)
     mb = 1 / 2**20
     print(f"server RSS: baseline {baseline * mb:.0f} MB, peak {peak * mb:.0f} MB, after {CYCLES} cycles "
-          f"{end * mb:.0f} MB ({end / baseline - 1:+.1%})")
+          f"{end * mb:.0f} MB ({end / baseline - 1:+.1%}); every 10 cycles: {series} MB")
     assert workers == 0, f"{workers} training workers alive after {CYCLES} tabs closed"
     assert labs == 0, f"{labs} labs still open after {CYCLES} tabs closed"
     assert end <= baseline * (1 + MAX_GROWTH), (
         f"server memory grew {end / baseline - 1:+.1%} over {CYCLES} open/close cycles "
-        f"({baseline * mb:.0f} MB -> {end * mb:.0f} MB)")
+        f"({baseline * mb:.0f} MB -> {end * mb:.0f} MB; every 10 cycles: {series} MB)")
