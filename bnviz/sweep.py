@@ -103,6 +103,25 @@ def rows_to_csv(rows: Sequence[dict]) -> str:
     return buf.getvalue()
 
 
+def rows_from_csv(text: str) -> list[dict]:
+    """The rows of a sweep.csv (``rows_to_csv``) back, typed: numbers, booleans, None for empty cells."""
+    def parse(key: str, cell: str) -> Any:
+        if cell == "":
+            return None
+        if key == "diverged":
+            return cell == "true"
+        if key in ("field", "variant", "status", "message"):
+            return cell
+        try:
+            number = float(cell)
+        except ValueError:
+            return cell  # a swept value that is not a number (e.g. a normalization)
+        return int(number) if key in ("diverged_at", "steps") or (key == "value" and number.is_integer()
+                                                                   and "." not in cell and "e" not in cell) else number
+
+    return [{k: parse(k, row.get(k, "")) for k in ROW_FIELDS} for row in csv.DictReader(io.StringIO(text))]
+
+
 def _cell(v: Any) -> str:
     if v is None:
         return ""

@@ -252,3 +252,16 @@ def test_sweep_job_reports_a_failure_instead_of_raising(wait, monkeypatch):
     job.start()
     assert job.join(30)
     assert job.state == "failed" and "disk on fire" in job.error
+
+
+def test_sweep_csv_reads_back_to_the_same_rows():
+    from bnviz.sweep import rows_from_csv, rows_to_csv
+    rows = [
+        {"field": "lr", "value": 0.05, "variant": "bn", "status": "finished", "test_acc": 0.9125,
+         "train_mode_acc": 0.9, "train_loss": 0.25, "diverged": False, "diverged_at": None, "steps": 2000,
+         "message": None},
+        {"field": "batch_size", "value": 4, "variant": "plain", "status": "diverged", "test_acc": None,
+         "train_mode_acc": None, "train_loss": None, "diverged": True, "diverged_at": 17, "steps": 17,
+         "message": "loss became NaN"},
+    ]
+    assert rows_from_csv(rows_to_csv(rows)) == rows

@@ -1,6 +1,7 @@
 """Export a figure of a finished run to PNG for the docs (a developer tool, not the app).
 
     python tools/export_figure.py out/paper-fig1 paper_figure1 docs/img/paper-fig1.png
+    python tools/export_figure.py out/high-lr sweep_figure docs/img/high-lr.png      # a sweep
 
 Reads the run's metrics.csv (no retraining) and config.json (figures that rebuild a
 variant's initial network, like depth_growth, need its config; the CSV keeps none),
@@ -21,6 +22,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 from bnviz import figures  # noqa: E402
 from bnviz.config import Comparison  # noqa: E402
 from bnviz.runlog import RunSnapshot, from_csv  # noqa: E402
+from bnviz.sweep import rows_from_csv  # noqa: E402
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -38,9 +40,17 @@ def read_run(run_dir: str) -> RunSnapshot:
         for n, v in snap.variants.items()})
 
 
+def build(run_dir: str, name: str):
+    """The figure: a sweep's (sweep.csv) for sweep_figure, else one of a run's (metrics.csv)."""
+    if name == "sweep_figure":
+        rows = rows_from_csv(Path(run_dir, "sweep.csv").read_text(encoding="utf-8"))
+        field = rows[0]["field"] if rows else "value"
+        return figures.sweep_figure(rows, field, log_x=all(isinstance(r["value"], (int, float)) for r in rows))
+    return getattr(figures, name)(read_run(run_dir))
+
+
 def main(run_dir: str, name: str, png: str, width: int = 1200) -> None:
-    snap = read_run(run_dir)
-    fig = getattr(figures, name)(snap)
+    fig = build(run_dir, name)
     fig.update_layout(width=width)
     with tempfile.TemporaryDirectory() as tmp:
         page_path = Path(tmp, "fig.html")
@@ -68,8 +78,9 @@ def cli(argv: list[str]) -> int:
         print(f"{usage}\n(FIGURE: a figure function of bnviz.figures, e.g. paper_figure1)", file=sys.stderr)
         return 2
     run_dir, name, png = argv
-    if not Path(run_dir, "metrics.csv").is_file():
-        print(f"RUN_DIR: no metrics.csv in {run_dir!r} (a folder written by `python -m bnviz run --out`)",
+    needs = "sweep.csv" if name == "sweep_figure" else "metrics.csv"
+    if not Path(run_dir, needs).is_file():
+        print(f"RUN_DIR: no {needs} in {run_dir!r} (a folder written by `python -m bnviz run --out`)",
               file=sys.stderr)
         return 2
     if name.startswith("_") or not _is_figure(getattr(figures, name, None)):
