@@ -38,7 +38,7 @@ from bnviz.trainer import resolve_device
 from ui.common import live_fragment, run_controls_ui
 
 LR_GRID = [round(m * 10.0 ** e, 6) for e in range(-4, 2) for m in (1, 2, 5)] + [100.0]
-# Short enough for a variant's row in the sidebar (normalization, placement, remove).
+# Short enough for a variant's row in the sidebar (normalization beside its placement).
 NORM_LABELS = {"none": "none", "batch": "BatchNorm", "layer": "LayerNorm", "group": "GroupNorm",
                "batch_renorm": "Renorm", "noisy_batch": "noisy BN"}
 VARIANT_NAMES = {"none": "plain", "batch": "bn", "layer": "layer", "group": "group",
@@ -61,7 +61,8 @@ def init_state() -> Lab:
     elif ss["lab.cmp"] != lab.comparison:
         # The Lab outlives reruns and is only changed by the callbacks below, so it is the
         # record of what was accepted. A session-state write from a callback can be lost when
-        # a rerun is interrupted by the next one (fast reruns); re-configuring the Lab from
+        # a rerun is interrupted by the next one (Streamlit's fast reruns: off in
+        # .streamlit/config.toml, but an operator may turn them on); re-configuring the Lab from
         # that stale copy would silently undo the user's change and restart the run.
         ss["lab.cmp"] = lab.comparison
         _resync_widgets()
@@ -287,7 +288,7 @@ def live_ui(lab: Lab) -> None:
 
     def draw(snap) -> None:
         if st.session_state.get("lab.cmp") != lab.comparison:
-            # A callback's session-state write was lost to a fast rerun (see init_state): a
+            # A callback's session-state write was lost to an interrupted rerun (see init_state): a
             # full run re-reads the Lab, so the widgets and the share link follow it.
             st.rerun(scope="app")
         for spec in specs:
