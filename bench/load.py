@@ -81,12 +81,15 @@ WARMUP_TIMEOUT_S = 180
 OPEN_CONCURRENCY = 4  # pages loading at once (a first load costs the server a full script run)
 
 # Runs in every page before its own scripts: samples the page every SAMPLE_EVERY_MS into
-# window.__bnvizLoad (drained by collect()). Elements that the current fragment run has not
+# window.__bnvizLoad, each sample numbered (i). collect() asks for the samples after the last one it
+# has and the page drops those already read: a collect that times out (a tab too busy to answer)
+# loses nothing, the next one reads them. Elements that the current fragment run has not
 # redrawn yet are marked data-stale="true"; fresh ones are read first.
 SAMPLER_JS = """
 (() => {
   if (window.__bnvizLoad) return;
   window.__bnvizLoad = [];
+  let seq = 0;
   const stale = (e) => { const c = e.closest('[data-stale]'); return !!c && c.getAttribute('data-stale') === 'true'; };
   const fresh = (sel) => { const all = Array.from(document.querySelectorAll(sel));
                            return all.filter(e => !stale(e)).concat(all.filter(stale)); };
@@ -111,7 +114,7 @@ SAMPLER_JS = """
     const x = g && g.data.length ? arr(g.data[0].x) : [];
     const log = window.__bnvizLoad;
     // n: points in the first trace of the first chart (-1: no chart yet); x: its last x (the step it reached)
-    log.push({t: Date.now(), p: p ? p.innerText : null, q: q || null, n: g ? x.length : -1,
+    log.push({i: ++seq, t: Date.now(), p: p ? p.innerText : null, q: q || null, n: g ? x.length : -1,
               x: x.length ? Number(x[x.length - 1]) : null});
     if (log.length > 4000) log.splice(0, log.length - 4000);
   }, %d);
@@ -355,11 +358,16 @@ class Session:
     started_at: float | None = None
     paused_at: float | None = None
     error: str | None = None
+    last_read: int = 0  # number of the last page sample read (SAMPLER_JS)
+    collect_timeouts: int = 0  # collects the tab was too busy to answer within COLLECT_TIMEOUT_S
     page: Page | None = None
     context: object = None
 
     def add(self, raw: list[dict]) -> None:
         for r in raw:
+            if r.get("i", 0) <= self.last_read:
+                continue  # read before
+            self.last_read = r.get("i", self.last_read)
             prog = parse_progress(r.get("p"))
             m = QUEUED_RE.search(r.get("q") or "")
             self.samples.append({"t": r["t"] / 1000.0, "step": prog.step if prog else None,
@@ -425,6 +433,7 @@ class Session:
             "states": sorted({x["state"] for x in s if x["state"]}),
             "last_state": next((x["state"] for x in reversed(s) if x["state"]), None),
             "paused_by_bench": self.paused_at is not None,
+            "collect_timeouts": self.collect_timeouts,
         }
 
 
@@ -453,12 +462,22 @@ async def _click(page: Page, name: str) -> None:
     await page.get_by_test_id("stMain").get_by_role("button", name=name, exact=True).click(timeout=CLICK_TIMEOUT_MS)
 
 
+# Drops the samples read before (numbered up to `since`) and returns the rest.
+_READ_SAMPLES_JS = """(since) => { const log = window.__bnvizLoad || [];
+  while (log.length && log[0].i <= since) log.shift(); return log.slice(); }"""
+COLLECT_TIMEOUT_S = 20
+
+
 async def _collect(s: Session) -> None:
     if s.page is None or s.error:
         return
     try:
-        raw = await asyncio.wait_for(s.page.evaluate("() => (window.__bnvizLoad || []).splice(0)"), timeout=20)
+        raw = await asyncio.wait_for(s.page.evaluate(_READ_SAMPLES_JS, s.last_read), timeout=COLLECT_TIMEOUT_S)
         s.add(raw)
+    except TimeoutError:
+        # The tab's main thread was busy (on two shared cores, Chromium redrawing four live
+        # pages can stall one for 20 s). Counted and reported; its samples stay in the page.
+        s.collect_timeouts += 1
     except Exception as exc:  # noqa: BLE001
         s.error = f"collect: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
@@ -698,6 +717,7 @@ def _summary(rows: list[dict], mon: Monitor, seconds: float, workers: int) -> di
         "sessions": len(rows),
         "opened": sum(r["samples"] > 0 for r in rows),
         "errors": [f"session {r['session']}: {r['error']}" for r in rows if r["error"]],
+        "collect_timeouts": sum(r.get("collect_timeouts", 0) for r in rows),
         "trained_from_start": sum(r["trained"] and not r["queued_seen"] for r in rows),
         "queued": sum(r["queued_seen"] for r in rows),
         "queued_then_got_slot": sum(r["slot_after_queue"] for r in rows),
@@ -770,6 +790,7 @@ def format_report(res: dict) -> str:
         ("steps/s per training session (median, range)",
          f"{_f(s['steps_per_s_per_training_session_median'])} ({_f(rng[0]) if rng else '-'}-{_f(rng[1]) if rng else '-'})"),
         ("steps/s all sessions together", _f(s["steps_total_per_s"])),
+        (f"tab too busy to be read (collects > {COLLECT_TIMEOUT_S} s, all tabs)", s["collect_timeouts"]),
         ("page update gap p50 / max (s)", f"{_f(s['update_gap_p50_s'], '{:.1f}')} / {_f(s['update_gap_max_s'], '{:.1f}')}"),
         ("health idle p50 / p95 / max (ms)", f"{_f(hi['p50_ms'], '{:.1f}')} / {_f(hi['p95_ms'], '{:.1f}')} / {_f(hi['max_ms'], '{:.1f}')}"),
         ("health under load p50 / p95 / max (ms)",
