@@ -1,6 +1,7 @@
-"""Load test: N browser sessions training at once against ONE bnviz Streamlit server.
+"""Load test: N sessions training at once against ONE bnviz Streamlit server.
 
     python -m bench.load --sessions 10 --seconds 60
+    python -m bench.load --sessions 30 --seconds 60 --client protocol   # no browser drawing on this machine
     python -m bench.load --sessions 30 --seconds 90 --workers 4 --json out/load-30.json
     python -m bench.load --sessions 4 --seconds 20 --workers 2 --steps 20000 --pause-after 8
 
@@ -16,7 +17,12 @@ What it does, in order:
    (--no-thread-names leaves it out);
 2. opens N sessions in ONE headless Chromium (Debian's /usr/bin/chromium), each in its own
    browser context, i.e. its own Streamlit session and Lab, on a short run
-   (``/?preset=quick-look&steps=STEPS``), and presses Start in each, one after the other;
+   (``/?preset=quick-look&steps=STEPS``), and presses Start in each, one after the other.
+   With ``--client protocol`` each session is instead a websocket client speaking
+   Streamlit's protocol (bench/protocol_tab.py): it asks for the same page, clicks the same
+   buttons and re-runs the live fragment on the server's timer, but draws nothing, so the
+   server has the machine to itself (as when every student's browser is on their own
+   laptop) and every chart message is counted;
 3. for S seconds: a sampler inside every page (setInterval, 0.5 s) records the progress
    text ("step N / M · R steps/s · state"), the "Queued: k ahead of you" line and the point
    count of the first Plotly chart's first trace; a thread here calls /_stcore/health every
@@ -52,6 +58,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +67,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from playwright.async_api import Page, async_playwright, expect
 
+from bench.protocol_tab import ProtocolTab
 from tests.browser_support import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -68,14 +76,15 @@ from tests.browser_support import (
     stop_server,
 )
 
+CLIENTS = ("browser", "protocol")  # see _tab_factory
 CLOSED_RE = re.compile(r"bnviz: session closed; (\d+) labs open, (\d+) training workers alive")
 QUEUED_RE = re.compile(r"Queued: (\d+) ahead of you")
 HEALTH_EVERY_S = 0.25
 HEALTH_TIMEOUT_S = 5.0  # the Kubernetes probes' timeoutSeconds (deploy/k8s/deployment.yaml)
 PROC_EVERY_S = 1.0
 SAMPLE_EVERY_MS = 500
-OPEN_TIMEOUT_MS = 90_000  # first load of one page on two busy cores
-CLICK_TIMEOUT_MS = 60_000
+OPEN_TIMEOUT_S = 90  # first load of one page on two busy cores
+CLICK_TIMEOUT_S = 60
 COLLECT_EVERY_S = 2.0
 WARMUP_TIMEOUT_S = 180
 OPEN_CONCURRENCY = 4  # pages loading at once (a first load costs the server a full script run)
@@ -299,8 +308,9 @@ class Monitor:
     def read_proc(self) -> dict:
         kids = _children()
         server = process_tree(self.server_pid, kids)
-        # This process's other descendants: the Playwright driver and Chromium.
-        client = [p for p in process_tree(os.getpid(), kids) if p not in server and p != os.getpid()]
+        # The load client: this process (the protocol tabs, or Playwright's Python side) and its
+        # other descendants (the Playwright driver and Chromium).
+        client = [p for p in process_tree(os.getpid(), kids) if p not in server]
         threads = thread_cpu(self.server_pid)
         for tid, (name, cpu) in threads.items():
             if name.startswith("bnviz-trainer"):
@@ -360,8 +370,7 @@ class Session:
     error: str | None = None
     last_read: int = 0  # number of the last page sample read (SAMPLER_JS)
     collect_timeouts: int = 0  # collects the tab was too busy to answer within COLLECT_TIMEOUT_S
-    page: Page | None = None
-    context: object = None
+    tab: "BrowserTab | ProtocolTab | None" = None
 
     def add(self, raw: list[dict]) -> None:
         for r in raw:
@@ -434,32 +443,58 @@ class Session:
             "last_state": next((x["state"] for x in reversed(s) if x["state"]), None),
             "paused_by_bench": self.paused_at is not None,
             "collect_timeouts": self.collect_timeouts,
+            "wire": self.tab.report() if isinstance(self.tab, ProtocolTab) else None,
         }
 
 
-def _start_button(page: Page):
-    return page.get_by_test_id("stMain").get_by_role("button", name="Start", exact=True)
+class BrowserTab:
+    """One Streamlit session in its own context of the shared headless Chromium."""
+
+    def __init__(self, browser) -> None:
+        self.browser = browser
+        self.context = None
+        self.page: Page | None = None
+
+    async def open(self, url: str, timeout: float) -> None:
+        ms = timeout * 1000
+        self.context = await self.browser.new_context(viewport={"width": 1280, "height": 900})
+        await self.context.add_init_script(SAMPLER_JS)
+        self.page = await self.context.new_page()
+        await self.page.goto(url, wait_until="commit", timeout=ms)
+        await expect(self._button("Start")).to_be_visible(timeout=ms)
+        await expect(self.page.locator("[data-testid='stApp']")).to_have_attribute(
+            "data-test-script-state", "notRunning", timeout=ms)
+
+    def _button(self, name: str):
+        return self.page.get_by_test_id("stMain").get_by_role("button", name=name, exact=True)
+
+    async def click(self, name: str, timeout: float) -> None:
+        await self._button(name).click(timeout=timeout * 1000)
+
+    async def read(self, since: int) -> list[dict]:
+        return await self.page.evaluate(_READ_SAMPLES_JS, since)
+
+    async def close(self) -> None:
+        if self.context is not None:
+            await self.context.close()
 
 
-async def _open(browser, url: str, s: Session, sem: asyncio.Semaphore) -> None:
+async def _open(new_tab: Callable[[], "BrowserTab | ProtocolTab"], url: str, s: Session, sem: asyncio.Semaphore) -> None:
     async with sem:
         try:
-            ctx = await browser.new_context(viewport={"width": 1280, "height": 900})
-            s.context = ctx
-            await ctx.add_init_script(SAMPLER_JS)
-            page = await ctx.new_page()
-            s.page = page
-            await page.goto(url, wait_until="commit", timeout=OPEN_TIMEOUT_MS)
-            await expect(_start_button(page)).to_be_visible(timeout=OPEN_TIMEOUT_MS)
-            await expect(page.locator("[data-testid='stApp']")).to_have_attribute(
-                "data-test-script-state", "notRunning", timeout=OPEN_TIMEOUT_MS)
+            s.tab = new_tab()
+            await s.tab.open(url, OPEN_TIMEOUT_S)
             s.opened_at = time.time()
         except Exception as exc:  # noqa: BLE001 -- a session that cannot open is a finding
-            s.error = f"open: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            s.error = f"open: {type(exc).__name__}: {_first_line(exc)}"
 
 
-async def _click(page: Page, name: str) -> None:
-    await page.get_by_test_id("stMain").get_by_role("button", name=name, exact=True).click(timeout=CLICK_TIMEOUT_MS)
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else ""
+
+
+async def _click(s: Session, name: str) -> None:
+    await s.tab.click(name, CLICK_TIMEOUT_S)
 
 
 # Drops the samples read before (numbered up to `since`) and returns the rest.
@@ -469,17 +504,17 @@ COLLECT_TIMEOUT_S = 20
 
 
 async def _collect(s: Session) -> None:
-    if s.page is None or s.error:
+    if s.tab is None or s.error:
         return
     try:
-        raw = await asyncio.wait_for(s.page.evaluate(_READ_SAMPLES_JS, s.last_read), timeout=COLLECT_TIMEOUT_S)
+        raw = await asyncio.wait_for(s.tab.read(s.last_read), timeout=COLLECT_TIMEOUT_S)
         s.add(raw)
     except TimeoutError:
         # The tab's main thread was busy (on two shared cores, Chromium redrawing four live
         # pages can stall one for 20 s). Counted and reported; its samples stay in the page.
         s.collect_timeouts += 1
     except Exception as exc:  # noqa: BLE001
-        s.error = f"collect: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        s.error = f"collect: {type(exc).__name__}: {_first_line(exc)}"
 
 
 async def _collect_all(sessions: list[Session]) -> None:
@@ -492,10 +527,22 @@ def _log_since(path: Path, offset: int) -> str:
         return f.read().decode("utf-8", errors="replace")
 
 
+async def _tab_factory(client: str, stack: AsyncExitStack) -> Callable[[], "BrowserTab | ProtocolTab"]:
+    """How to open a tab: in one shared headless Chromium ("browser"), or on the wire ("protocol")."""
+    if client == "protocol":
+        return ProtocolTab
+    if client != "browser":
+        raise ValueError(f"client: {client!r} is not one of {CLIENTS}")
+    p = await stack.enter_async_context(async_playwright())
+    browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    stack.push_async_callback(browser.close)
+    return lambda: BrowserTab(browser)
+
+
 async def run_load(sessions: int, seconds: float, workers: int = 4, steps: int = 2000, query: str | None = None,
                    pause_after: float | None = None, settle_timeout: float = 0.0, close_timeout: float = 60.0,
                    workdir: Path | str | None = None, thread_names: bool = True, warmup: bool = True,
-                   health_timeout: float = HEALTH_TIMEOUT_S,
+                   health_timeout: float = HEALTH_TIMEOUT_S, client: str = "browser",
                    say: Callable[[str], None] = print) -> dict:
     """Run the load test and return every figure (see the module docstring).
 
@@ -509,7 +556,7 @@ async def run_load(sessions: int, seconds: float, workers: int = 4, steps: int =
     result: dict = {
         "config": {"sessions": sessions, "seconds": seconds, "workers": workers, "query": query,
                    "pause_after": pause_after, "settle_timeout": settle_timeout, "thread_names": thread_names,
-                   "warmup": warmup, "health_timeout_s": health_timeout},
+                   "warmup": warmup, "health_timeout_s": health_timeout, "client": client},
         "machine": {"cores": os.cpu_count(), "cpu": cpu_model(), "mem_gb": round(
             os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1), "uptime_before": uptime_line()},
     }
@@ -529,56 +576,53 @@ async def run_load(sessions: int, seconds: float, workers: int = 4, steps: int =
     try:
         await asyncio.sleep(2.0)
         mon.mark("idle_end")
-        async with async_playwright() as p:
-            browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            try:
-                url = f"{server.url}/?{query}"
-                if warmup:
-                    result["warmup"] = await _warm_up(browser, url, server, say)
-                mon.mark("open_start")
-                sem = asyncio.Semaphore(OPEN_CONCURRENCY)
-                await asyncio.gather(*(_open(browser, url, s, sem) for s in sess))
-                opened = [s for s in sess if s.error is None]
-                mon.mark("open_end")
-                say(f"{len(opened)}/{sessions} sessions open in {mon.marks['open_end'] - mon.marks['open_start']:.1f} s"
-                    + "".join(f"\n  session {s.idx}: {s.error}" for s in sess if s.error))
-                if not opened:
-                    raise RuntimeError("no session could open: " + "; ".join(s.error or "" for s in sess))
-                await asyncio.sleep(2.0)
-                mon.mark("sessions_idle_end")
-                # Start, one session after the other: the first W get the slots, in order.
-                for s in opened:
-                    try:
-                        await _click(s.page, "Start")
-                        s.started_at = time.time()
-                    except Exception as exc:  # noqa: BLE001
-                        s.error = f"start: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                mon.mark("load_start")
-                say(f"Start pressed in {sum(s.started_at is not None for s in sess)} sessions; sampling {seconds:g} s")
-                t_end = time.time() + seconds
-                deadline = t_end + settle_timeout
-                paused: Session | None = None
-                while True:
-                    await asyncio.sleep(COLLECT_EVERY_S)
-                    await _collect_all(sess)
-                    if pause_after is not None and paused is None and time.time() - mon.marks["load_start"] >= pause_after:
-                        paused = await _pause_one(sess, say)
-                    _progress_line(sess, mon, say)
-                    now = time.time()
-                    if now >= deadline or (now >= t_end and _settled(sess, pause_after, paused)):
-                        break
+        async with AsyncExitStack() as stack:
+            new_tab = await _tab_factory(client, stack)
+            url = f"{server.url}/?{query}"
+            if warmup:
+                result["warmup"] = await _warm_up(new_tab, url, server, say)
+            mon.mark("open_start")
+            sem = asyncio.Semaphore(OPEN_CONCURRENCY)
+            await asyncio.gather(*(_open(new_tab, url, s, sem) for s in sess))
+            opened = [s for s in sess if s.error is None]
+            mon.mark("open_end")
+            say(f"{len(opened)}/{sessions} sessions open in {mon.marks['open_end'] - mon.marks['open_start']:.1f} s"
+                + "".join(f"\n  session {s.idx}: {s.error}" for s in sess if s.error))
+            if not opened:
+                raise RuntimeError("no session could open: " + "; ".join(s.error or "" for s in sess))
+            await asyncio.sleep(2.0)
+            mon.mark("sessions_idle_end")
+            # Start, one session after the other: the first W get the slots, in order.
+            for s in opened:
+                try:
+                    await _click(s, "Start")
+                    s.started_at = time.time()
+                except Exception as exc:  # noqa: BLE001
+                    s.error = f"start: {type(exc).__name__}: {_first_line(exc)}"
+            mon.mark("load_start")
+            say(f"Start pressed in {sum(s.started_at is not None for s in sess)} sessions; sampling {seconds:g} s")
+            t_end = time.time() + seconds
+            deadline = t_end + settle_timeout
+            paused: Session | None = None
+            while True:
+                await asyncio.sleep(COLLECT_EVERY_S)
                 await _collect_all(sess)
-                mon.mark("load_end")
-                result["handoff"] = _handoff(sess, paused)
-                # Close every tab: the sessions end, their workers must stop.
-                offset = server.log_size()
-                mon.mark("close_start")
-                await asyncio.gather(*(_close(s) for s in sess))
-                mon.mark("closed")
-                result["close"] = await _wait_closed(server.log_path, offset, len(opened), close_timeout, mon)
-                say(f"closed {len(opened)} contexts: {result['close']}")
-            finally:
-                await browser.close()
+                if pause_after is not None and paused is None and time.time() - mon.marks["load_start"] >= pause_after:
+                    paused = await _pause_one(sess, say)
+                _progress_line(sess, mon, say)
+                now = time.time()
+                if now >= deadline or (now >= t_end and _settled(sess, pause_after, paused)):
+                    break
+            await _collect_all(sess)
+            mon.mark("load_end")
+            result["handoff"] = _handoff(sess, paused)
+            # Close every tab: the sessions end, their workers must stop.
+            offset = server.log_size()
+            mon.mark("close_start")
+            await asyncio.gather(*(_close(s) for s in sess))
+            mon.mark("closed")
+            result["close"] = await _wait_closed(server.log_path, offset, len(opened), close_timeout, mon)
+            say(f"closed {len(opened)} tabs: {result['close']}")
         await asyncio.sleep(3.0)
         mon.mark("after_end")
     finally:
@@ -591,7 +635,7 @@ async def run_load(sessions: int, seconds: float, workers: int = 4, steps: int =
     return result
 
 
-async def _warm_up(browser, url: str, server, say) -> dict:
+async def _warm_up(new_tab, url: str, server, say) -> dict:
     """One session presses Start and waits for its first steps, then closes (not measured).
 
     The first Start in a fresh server process imports what torch needs for its first
@@ -601,12 +645,12 @@ async def _warm_up(browser, url: str, server, say) -> dict:
     """
     s = Session(-1)
     t0 = time.time()
-    await _open(browser, url, s, asyncio.Semaphore(1))
+    await _open(new_tab, url, s, asyncio.Semaphore(1))
     out: dict = {"error": s.error}
     try:
         if s.error is None:
             opened = time.time()
-            await _click(s.page, "Start")
+            await _click(s, "Start")
             deadline = time.time() + WARMUP_TIMEOUT_S
             while time.time() < deadline:
                 await asyncio.sleep(1.0)
@@ -645,12 +689,12 @@ async def _pause_one(sess: list[Session], say) -> Session | None:
         return None
     s = training[0]
     try:
-        await _click(s.page, "Pause")
+        await _click(s, "Pause")
         s.paused_at = time.time()
         say(f"session {s.idx} pressed Pause at step {(s.latest() or {}).get('step')}")
         return s
     except Exception as exc:  # noqa: BLE001
-        s.error = f"pause: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        s.error = f"pause: {type(exc).__name__}: {_first_line(exc)}"
         return None
 
 
@@ -682,10 +726,10 @@ def _progress_line(sess: list[Session], mon: Monitor, say) -> None:
 
 
 async def _close(s: Session) -> None:
-    if s.context is None:
+    if s.tab is None:
         return
     try:
-        await asyncio.wait_for(s.context.close(), timeout=30)
+        await asyncio.wait_for(s.tab.close(), timeout=30)
     except Exception:  # noqa: BLE001 -- already gone
         pass
 
@@ -725,6 +769,7 @@ def _summary(rows: list[dict], mon: Monitor, seconds: float, workers: int) -> di
         "neither_trained_nor_queued": sum(not r["trained"] and not r["queued_seen"] for r in live),
         "finished_runs": sum(r["last_state"] == "finished" for r in rows),
         "charts_grew": sum(r["chart_grew"] for r in rows),
+        "wire": _wire_summary(rows, sampled),
         "steps_per_s_per_training_session_median": statistics.median(training_rates) if training_rates else None,
         "steps_per_s_per_training_session_range": [min(training_rates), max(training_rates)] if training_rates else None,
         "steps_per_s_shown_median": statistics.median(shown) if shown else None,
@@ -742,6 +787,25 @@ def _summary(rows: list[dict], mon: Monitor, seconds: float, workers: int) -> di
         "steps_per_trainer_cpu_s": (total_steps / (load_cpu * sampled)) if (load_cpu := mon.proc_between(
             m.get("load_start", 0), m.get("load_end", 0)).get("trainer_cpu_cores")) else None,
         "workers": workers,
+    }
+
+
+def _wire_summary(rows: list[dict], sampled: float) -> dict | None:
+    """What the protocol client saw on the wire (None with the browser client)."""
+    wires = [(r, r["wire"]) for r in rows if r.get("wire")]
+    if not wires:
+        return None
+    trained = [w for r, w in wires if r["trained"]]
+    redraws = [w["chart_redraws"] for _, w in wires]
+    return {
+        "sessions_with_chart_updates": sum(w["chart_redraws"] > 0 for _, w in wires),
+        "trained_sessions_with_chart_updates": sum(w["chart_redraws"] > 0 for w in trained),
+        "trained_sessions": len(trained),
+        "chart_redraws_per_session_min_median": [min(redraws), statistics.median(redraws)],
+        "chart_gap_max_s": max((w["chart_gap_max_s"] for w in trained if w["chart_gap_max_s"]), default=None),
+        "kb_per_s_per_trained_session_median": (statistics.median(w["bytes_received"] for w in trained) / 1024 / sampled
+                                                if trained else None),
+        "kb_received_all": sum(w["bytes_received"] for _, w in wires) / 1024,
     }
 
 
@@ -810,7 +874,7 @@ def format_report(res: dict) -> str:
         ("  of it: event loop / script runs and the rest (cores)",
          f"{_f(dl.get('event_loop_cpu_cores'), '{:.2f}')} / {_f(dl.get('scripts_and_rest_cpu_cores'), '{:.2f}')}"),
         ("steps per CPU-second of a training worker", _f(s.get("steps_per_trainer_cpu_s"))),
-        ("browser (Chromium+driver) CPU / RSS under load", (f"{_f(dl.get('client_cpu_cores'), '{:.2f}')} cores / "
+        ("load client (this process, Playwright, Chromium) CPU / RSS under load", (f"{_f(dl.get('client_cpu_cores'), '{:.2f}')} cores / "
                                                             f"{_f(dl.get('client_rss_mb_max'))} MB")),
         ("warm-up (one session before the measurement)", res.get("warmup", "none")),
         ("handoff on Pause", res.get("handoff")),
@@ -818,6 +882,15 @@ def format_report(res: dict) -> str:
                                                                f"{res['close']['workers_alive']} "
                                                                f"(after {res['close']['waited_s']} s)")),
     ]
+    if (wire := s.get("wire")) is not None:
+        rows += [
+            ("protocol client: sessions that received chart updates", (
+                f"{wire['sessions_with_chart_updates']} of {s['sessions']} "
+                f"({wire['trained_sessions_with_chart_updates']} of the {wire['trained_sessions']} that trained)")),
+            ("  chart redraws per session (min / median)", " / ".join(_f(x) for x in wire["chart_redraws_per_session_min_median"])),
+            ("  longest gap between chart redraws of a training session (s)", _f(wire["chart_gap_max_s"], "{:.1f}")),
+            ("  received per training session (KB/s, median)", _f(wire["kb_per_s_per_trained_session_median"])),
+        ]
     w = max(len(k) for k, _ in rows)
     out += [f"{k:<{w}}  {v}" for k, v in rows]
     if s["errors"]:
@@ -827,7 +900,11 @@ def format_report(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sessions", type=int, default=10, help="browser sessions (contexts) to open (default 10)")
+    ap.add_argument("--sessions", type=int, default=10, help="sessions (tabs) to open (default 10)")
+    ap.add_argument("--client", choices=CLIENTS, default="browser",
+                    help="browser: each session a context of one headless Chromium that draws every chart; "
+                         "protocol: each session a websocket client speaking Streamlit's protocol, drawing "
+                         "nothing (bench/protocol_tab.py), as if every browser ran on another machine")
     ap.add_argument("--seconds", type=float, default=60, help="how long to sample after Start (default 60)")
     ap.add_argument("--workers", type=int, default=4, help="BNVIZ_MAX_WORKERS of the server (default 4)")
     ap.add_argument("--steps", type=int, default=2000, help="steps per run, /?preset=quick-look&steps=N (default 2000)")
@@ -845,7 +922,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         res = asyncio.run(run_load(args.sessions, args.seconds, args.workers, args.steps, args.query, args.pause_after,
                                    args.settle, thread_names=not args.no_thread_names,
-                                   warmup=not args.no_warmup))
+                                   warmup=not args.no_warmup, client=args.client))
     except RuntimeError as exc:
         print(f"load test broke: {exc}", file=sys.stderr)
         return 1

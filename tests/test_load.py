@@ -1,8 +1,10 @@
-"""A small load test in CI: 4 browser sessions against one server with BNVIZ_MAX_WORKERS=2.
+"""A small load test in CI: 4 sessions against one server with BNVIZ_MAX_WORKERS=2, twice.
 
-Runs bench/load.py (``python -m bench.load``) with a small N: 4 Chromium contexts (4
-Streamlit sessions) press Start one after the other on a run too long to finish during
-the test. The pool has 2 slots, so 2 sessions train and 2 show their place in the queue.
+Runs bench/load.py (``python -m bench.load``) with a small N, once per client: 4 Chromium
+contexts (what students' browsers do, drawing every chart), and 4 protocol tabs (Streamlit's
+websocket protocol without drawing, bench/protocol_tab.py: the server alone is measured, and
+every chart message is seen). The 4 sessions press Start one after the other on a run too
+long to finish during the test. The pool has 2 slots, so 2 sessions train and 2 show their place in the queue.
 Meanwhile /_stcore/health must keep answering (how fast is reported, not asserted).
 Finally all tabs close and the server log must report 0 training workers alive.
 
@@ -37,14 +39,15 @@ HEALTH_TIMEOUT = 30
 QUERY = "preset=quick-look&depth=1&steps=20000"
 
 
-@pytest.fixture(scope="module")
-def result(tmp_path_factory):
+@pytest.fixture(scope="module", params=load.CLIENTS)
+def result(request, tmp_path_factory):
+    client = request.param
     res = asyncio.run(load.run_load(SESSIONS, SECONDS, workers=WORKERS, query=QUERY,
                                     settle_timeout=SETTLE, close_timeout=60, warmup=False,
-                                    health_timeout=HEALTH_TIMEOUT,
-                                    workdir=tmp_path_factory.mktemp("bnviz-load")))
+                                    health_timeout=HEALTH_TIMEOUT, client=client,
+                                    workdir=tmp_path_factory.mktemp(f"bnviz-load-{client}")))
     print(load.format_report(res))
-    (tmp_path_factory.getbasetemp() / "load.json").write_text(json.dumps(res, indent=1, default=str))
+    (tmp_path_factory.getbasetemp() / f"load-{client}.json").write_text(json.dumps(res, indent=1, default=str))
     return res
 
 
@@ -70,6 +73,18 @@ def test_the_sessions_with_slots_train_and_the_others_queue(result):
     assert len(queued) == SESSIONS - WORKERS
     for r in queued:
         assert r["first_queue_place"] in range(SESSIONS - WORKERS), r
+
+
+def test_every_training_session_receives_chart_updates_that_move_on(result):
+    wire = result["summary"]["wire"]
+    if wire is None:
+        pytest.skip("the browser client reads a busy tab's charts only now and then; the protocol client sees every message")
+    rows = _sessions(result)
+    trained = [r for r in rows if r["trained"]]
+    assert trained and wire["trained_sessions_with_chart_updates"] == len(trained), wire
+    for r in trained:
+        assert r["wire"]["chart_redraws"] >= 2, r
+        assert r["chart_grew"], f"session {r['session']}: its first chart never reached a later step: {r}"
 
 
 def test_health_answers_throughout(result):

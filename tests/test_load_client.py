@@ -11,14 +11,14 @@ import asyncio
 from bench import load
 
 
-class _SlowThenFastPage:
-    """Answers like SAMPLER_JS's page: the samples numbered after `since`; the first read hangs."""
+class _SlowThenFastTab:
+    """Answers like a tab of bench/load.py: the samples numbered after `since`; the first read hangs."""
 
     def __init__(self):
         self.log = [{"i": i, "t": 1000 * i, "p": f"step {25 * i} / 2,000 · 30 steps/s · training"} for i in (1, 2, 3)]
         self.calls = 0
 
-    async def evaluate(self, js, since):
+    async def read(self, since):
         self.calls += 1
         if self.calls == 1:
             await asyncio.sleep(5)
@@ -28,7 +28,7 @@ class _SlowThenFastPage:
 def test_a_read_that_times_out_is_counted_not_an_error_and_loses_no_sample(monkeypatch):
     monkeypatch.setattr(load, "COLLECT_TIMEOUT_S", 0.05)
     s = load.Session(0)
-    s.page = _SlowThenFastPage()
+    s.tab = _SlowThenFastTab()
 
     asyncio.run(load._collect(s))
     assert s.error is None and s.collect_timeouts == 1 and s.samples == []
@@ -36,7 +36,7 @@ def test_a_read_that_times_out_is_counted_not_an_error_and_loses_no_sample(monke
     asyncio.run(load._collect(s))
     assert [x["step"] for x in s.samples] == [25, 50, 75]
 
-    s.page.log.append({"i": 4, "t": 4000, "p": "step 100 / 2,000 · 30 steps/s · training"})
+    s.tab.log.append({"i": 4, "t": 4000, "p": "step 100 / 2,000 · 30 steps/s · training"})
     asyncio.run(load._collect(s))
     assert [x["step"] for x in s.samples] == [25, 50, 75, 100], "each sample is read once"
     assert s.summary()["collect_timeouts"] == 1
