@@ -181,26 +181,19 @@ def process_tree(pid: int, kids: dict[int, list[int]] | None = None) -> list[int
 
 
 def rss_bytes(pids: list[int]) -> int:
-    """Sum of VmRSS over ``pids`` (psutil when installed, else /proc/PID/status)."""
+    """Memory of ``pids`` together: the sum of their PSS (/proc/PID/smaps_rollup), so pages that
+    forked workers share with each other count once; VmRSS where PSS is not available."""
     total = 0
     for pid in pids:
-        try:
-            import psutil  # optional
-
-            total += psutil.Process(pid).memory_info().rss
-            continue
-        except ImportError:
-            pass
-        except Exception:  # gone
-            continue
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
-                        break
-        except OSError:
-            pass
+        for path, key in ((f"/proc/{pid}/smaps_rollup", "Pss:"), (f"/proc/{pid}/status", "VmRSS:")):
+            try:
+                with open(path) as f:
+                    kb = next((int(line.split()[1]) for line in f if line.startswith(key)), None)
+            except OSError:
+                continue
+            if kb is not None:
+                total += kb * 1024
+                break
     return total
 
 
@@ -276,6 +269,7 @@ class Monitor:
         self.proc: list[dict] = []  # {t, server_rss, server_cpu, client_rss, client_cpu}
         self.marks: dict[str, float] = {}
         self._trainer_cpu: dict[int, float] = {}  # tid -> last CPU seconds seen (dead ones keep theirs)
+        self._tree_cpu: dict[int, float] = {}  # pid of the server or a descendant -> last CPU seconds seen
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bnviz-load-monitor", daemon=True)
         self.t0 = time.time()
@@ -315,8 +309,18 @@ class Monitor:
         for tid, (name, cpu) in threads.items():
             if name.startswith("bnviz-trainer"):
                 self._trainer_cpu[tid] = cpu
+        # BNVIZ_WORKER_MODE=process: the workers are the server's other descendants (children of
+        # multiprocessing's forkserver; the forkserver itself idles). Keyed by pid, which never
+        # equals a thread id of the server.
+        for pid in server:
+            if pid != self.server_pid:
+                self._trainer_cpu[pid] = cpu_seconds([pid])
         main = threads.get(self.server_pid, ("", 0.0))[1]
-        return {"t": time.time(), "server_rss": rss_bytes(server), "server_cpu": cpu_seconds(server),
+        # Every process the server ever had counts with its last CPU time: a worker process that
+        # ended keeps what it used (its CPU would otherwise vanish from the total).
+        for pid in server:
+            self._tree_cpu[pid] = cpu_seconds([pid])
+        return {"t": time.time(), "server_rss": rss_bytes(server), "server_cpu": sum(self._tree_cpu.values()),
                 "client_rss": rss_bytes(client), "client_cpu": cpu_seconds(client),
                 "trainer_cpu": dict(self._trainer_cpu), "main_cpu": main}
 
@@ -542,7 +546,7 @@ async def _tab_factory(client: str, stack: AsyncExitStack) -> Callable[[], "Brow
 async def run_load(sessions: int, seconds: float, workers: int = 4, steps: int = 2000, query: str | None = None,
                    pause_after: float | None = None, settle_timeout: float = 0.0, close_timeout: float = 60.0,
                    workdir: Path | str | None = None, thread_names: bool = True, warmup: bool = True,
-                   health_timeout: float = HEALTH_TIMEOUT_S, client: str = "browser",
+                   health_timeout: float = HEALTH_TIMEOUT_S, client: str = "browser", worker_mode: str = "thread",
                    say: Callable[[str], None] = print) -> dict:
     """Run the load test and return every figure (see the module docstring).
 
@@ -556,12 +560,14 @@ async def run_load(sessions: int, seconds: float, workers: int = 4, steps: int =
     result: dict = {
         "config": {"sessions": sessions, "seconds": seconds, "workers": workers, "query": query,
                    "pause_after": pause_after, "settle_timeout": settle_timeout, "thread_names": thread_names,
-                   "warmup": warmup, "health_timeout_s": health_timeout, "client": client},
+                   "warmup": warmup, "health_timeout_s": health_timeout, "client": client,
+                   "worker_mode": worker_mode},
         "machine": {"cores": os.cpu_count(), "cpu": cpu_model(), "mem_gb": round(
             os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1), "uptime_before": uptime_line()},
     }
     say(f"machine: {result['machine']['cores']} cores, {result['machine']['cpu']}; {result['machine']['uptime_before']}")
-    env = {"BNVIZ_MAX_WORKERS": str(workers), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {"BNVIZ_MAX_WORKERS": str(workers), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "BNVIZ_WORKER_MODE": worker_mode}
     if thread_names:
         hooks = workdir / "hooks"
         hooks.mkdir(parents=True, exist_ok=True)
@@ -819,7 +825,8 @@ def _f(v, fmt="{:.0f}") -> str:
 def format_report(res: dict) -> str:
     out = []
     cfg = res["config"]
-    out.append(f"\nbnviz load test: {cfg['sessions']} sessions, {cfg['seconds']:g} s, BNVIZ_MAX_WORKERS={cfg['workers']}, "
+    out.append(f"\nbnviz load test: {cfg['sessions']} sessions ({cfg.get('client', 'browser')} client), {cfg['seconds']:g} s, "
+               f"BNVIZ_MAX_WORKERS={cfg['workers']}, BNVIZ_WORKER_MODE={cfg.get('worker_mode', 'thread')}, "
                f"/?{cfg['query']}")
     out.append(f"machine: {res['machine']['cores']} cores ({res['machine']['cpu']}), {res['machine']['mem_gb']} GB")
     out.append(f"  before: {res['machine']['uptime_before']}")
@@ -917,12 +924,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure from a cold server (the first Start then also pays the torch imports)")
     ap.add_argument("--no-thread-names", action="store_true",
                     help="do not put the thread-naming sitecustomize on the server's PYTHONPATH (no CPU split)")
+    ap.add_argument("--worker-mode", choices=("thread", "process"), default="thread",
+                    help="BNVIZ_WORKER_MODE of the server: training workers as threads or processes (default thread)")
     ap.add_argument("--json", help="also write every figure to this file")
     args = ap.parse_args(argv)
     try:
         res = asyncio.run(run_load(args.sessions, args.seconds, args.workers, args.steps, args.query, args.pause_after,
                                    args.settle, thread_names=not args.no_thread_names,
-                                   warmup=not args.no_warmup, client=args.client))
+                                   warmup=not args.no_warmup, client=args.client, worker_mode=args.worker_mode))
     except RuntimeError as exc:
         print(f"load test broke: {exc}", file=sys.stderr)
         return 1

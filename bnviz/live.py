@@ -19,13 +19,14 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import os
 import threading
 import time
 from collections import deque
 
-from bnviz import limits
+from bnviz import limits, remote
 from bnviz.config import Comparison
-from bnviz.errors import BnvizError
+from bnviz.errors import BnvizError, ConfigError
 from bnviz.pacing import PACER
 from bnviz.runlog import RunSnapshot
 from bnviz.trainer import Trainer
@@ -147,8 +148,7 @@ class Lab:
                 raise BnvizError("nothing to train: no comparison configured")
             if self.trainer is None or self.trainer.state in ("finished", "stopped", "failed"):
                 self._discard_trainer()
-                self.trainer = Trainer(self.comparison, single_thread=self.single_thread)
-                self.trainer.start(paused=True)
+                self.trainer = new_trainer(self.comparison, self.single_thread)
             self.running = True
             self.message = None
         self.pool.request(self)
@@ -169,8 +169,7 @@ class Lab:
                 return
             if self.trainer is None or self.trainer.state in ("finished", "stopped", "failed"):
                 self._discard_trainer()
-                self.trainer = Trainer(self.comparison, single_thread=self.single_thread)
-                self.trainer.start(paused=True)
+                self.trainer = new_trainer(self.comparison, self.single_thread)
             self.running = False
             self.trainer.pause()
             self.trainer.step(n)
@@ -217,6 +216,8 @@ class Lab:
             t = self.trainer
             if t is None:
                 return None
+            # First: for a worker process (bnviz/remote.py) the snapshot also brings its state.
+            snap = t.log.snapshot()
             if self.running and self.pool.has_slot(self) and self.speed is not None and t.state == "paused":
                 t.step(self.speed)  # slow motion: a few steps per refresh
             if self.running and t.state in ("finished", "failed", "stopped"):
@@ -225,7 +226,7 @@ class Lab:
                     self.message = t.error
         if not self.running:
             self.pool.release(self)
-        return t.log.snapshot()
+        return snap
 
     def take_change(self) -> str | None:
         """What the last configure() did ('restart' or 'lr'), once; kept here, not in the
@@ -280,7 +281,32 @@ class Lab:
 
 
 def alive_workers() -> int:
-    return sum(1 for t in threading.enumerate() if t.name == "bnviz-trainer" and t.is_alive())
+    """Training workers alive in this server: threads, and child processes (BNVIZ_WORKER_MODE=process)."""
+    threads = sum(1 for t in threading.enumerate() if t.name == "bnviz-trainer" and t.is_alive())
+    return threads + remote.active_processes()
+
+
+WORKER_MODE_VAR = "BNVIZ_WORKER_MODE"
+WORKER_MODES = ("thread", "process")
+DEFAULT_WORKER_MODE = "thread"
+
+
+def worker_mode() -> str:
+    """How this server runs training workers, from BNVIZ_WORKER_MODE (read at each start, like the limits)."""
+    raw = os.environ.get(WORKER_MODE_VAR, "").strip().lower() or DEFAULT_WORKER_MODE
+    if raw not in WORKER_MODES:
+        raise ConfigError(f"{WORKER_MODE_VAR}: expected one of {', '.join(WORKER_MODES)}, got {raw!r}")
+    return raw
+
+
+def new_trainer(comparison: Comparison, single_thread: bool) -> "Trainer | remote.RemoteTrainer":
+    """A paused trainer for ``comparison``: a thread of this process, or a child process."""
+    if worker_mode() == "process":
+        trainer = remote.RemoteTrainer(comparison, single_thread=single_thread)
+    else:
+        trainer = Trainer(comparison, single_thread=single_thread)
+    trainer.start(paused=True)
+    return trainer
 
 
 def _only_lr_differs(a: Comparison, b: Comparison) -> bool:

@@ -110,6 +110,14 @@ def tracked_units(cfg: RunConfig) -> list[int]:
     return [random.Random(cfg.seed * 31 + i).randrange(cfg.width) for i in range(cfg.depth)]
 
 
+def check_lr_change(comparison: Comparison, lr: float, variant: str | None) -> None:
+    """Raise ConfigError unless ``set_lr(lr, variant)`` is valid for ``comparison``."""
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"lr: must be a finite number > 0, got {lr!r}")
+    if variant is not None and variant not in comparison.variants:
+        raise ConfigError(f"variant: no variant named {variant!r}")
+
+
 class Trainer:
     """Trains a comparison in lockstep and records it into ``self.log``."""
 
@@ -453,10 +461,7 @@ class Trainer:
 
     def set_lr(self, lr: float, variant: str | None = None) -> None:
         """Change the learning rate of one or all variants at the next step boundary."""
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise ConfigError(f"lr: must be a finite number > 0, got {lr!r}")
-        if variant is not None and variant not in self.comparison.variants:
-            raise ConfigError(f"variant: no variant named {variant!r}")
+        check_lr_change(self.comparison, lr, variant)
         with self._cond:
             self._lr_changes.append((float(lr), variant))
             self._cond.notify_all()

@@ -1,9 +1,10 @@
 """A small load test in CI: 4 sessions against one server with BNVIZ_MAX_WORKERS=2, twice.
 
-Runs bench/load.py (``python -m bench.load``) with a small N, once per client: 4 Chromium
+Runs bench/load.py (``python -m bench.load``) with a small N, three times: 4 Chromium
 contexts (what students' browsers do, drawing every chart), and 4 protocol tabs (Streamlit's
 websocket protocol without drawing, bench/protocol_tab.py: the server alone is measured, and
-every chart message is seen). The 4 sessions press Start one after the other on a run too
+every chart message is seen) against training workers as threads, then as processes
+(BNVIZ_WORKER_MODE=process, bnviz/remote.py). The 4 sessions press Start one after the other on a run too
 long to finish during the test. The pool has 2 slots, so 2 sessions train and 2 show their place in the queue.
 Meanwhile /_stcore/health must keep answering (how fast is reported, not asserted).
 Finally all tabs close and the server log must report 0 training workers alive.
@@ -39,15 +40,20 @@ HEALTH_TIMEOUT = 30
 QUERY = "preset=quick-look&depth=1&steps=20000"
 
 
-@pytest.fixture(scope="module", params=load.CLIENTS)
+# (client, BNVIZ_WORKER_MODE): what students' browsers do against the default server; the
+# server alone with its workers as threads; and as processes (how the Docker image runs it).
+RUNS = [("browser", "thread"), ("protocol", "thread"), ("protocol", "process")]
+
+
+@pytest.fixture(scope="module", params=RUNS, ids=[f"{c}-{m}" for c, m in RUNS])
 def result(request, tmp_path_factory):
-    client = request.param
+    client, mode = request.param
     res = asyncio.run(load.run_load(SESSIONS, SECONDS, workers=WORKERS, query=QUERY,
                                     settle_timeout=SETTLE, close_timeout=60, warmup=False,
-                                    health_timeout=HEALTH_TIMEOUT, client=client,
-                                    workdir=tmp_path_factory.mktemp(f"bnviz-load-{client}")))
+                                    health_timeout=HEALTH_TIMEOUT, client=client, worker_mode=mode,
+                                    workdir=tmp_path_factory.mktemp(f"bnviz-load-{client}-{mode}")))
     print(load.format_report(res))
-    (tmp_path_factory.getbasetemp() / f"load-{client}.json").write_text(json.dumps(res, indent=1, default=str))
+    (tmp_path_factory.getbasetemp() / f"load-{client}-{mode}.json").write_text(json.dumps(res, indent=1, default=str))
     return res
 
 
