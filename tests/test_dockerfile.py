@@ -53,7 +53,8 @@ LIMIT_DEFAULTS = {
     "BNVIZ_MAX_BATCH": 1024,
     "BNVIZ_IDLE_TIMEOUT_S": 600,
 }
-THREAD_VARS = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1}
+# Thread settings, and how workers run (bnviz/live.py DEFAULT_WORKER_MODE).
+THREAD_VARS = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "BNVIZ_WORKER_MODE": "thread"}
 
 
 # --------------------------------------------------------------------------- helpers
