@@ -12,9 +12,12 @@ is asked for and comes back pickled (a RunLog is bounded, so at most ~1-2 MB). T
 runs the ordinary threaded Trainer, so both modes train the same numbers.
 
 Children are forked by multiprocessing's forkserver, which has imported the engine once:
-a worker starts in tens of milliseconds and shares torch's pages with its siblings, and the
-Streamlit process itself (its threads and locks) is never forked. A child whose parent dies
-sees its pipe close and stops.
+a worker's process starts in tens of milliseconds (building its Trainer then takes about a
+second) and shares torch's pages with its siblings, and the Streamlit process itself (its
+threads and locks) is never forked. A child whose parent dies sees its pipe close and stops.
+
+The trade (docs/DEPLOYMENT.md, 10 sessions on 2 cores): 2.9x faster training per session,
+~150 MB per worker, and a server that answers a little slower (workers run at nice +10).
 """
 
 from __future__ import annotations
