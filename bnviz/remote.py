@@ -2,7 +2,7 @@
 
 Why: every worker thread of the Streamlit server shares one GIL with the other workers and
 with every page's redraw. Measured with the protocol load client (docs/DEPLOYMENT.md), 4
-worker threads on 2 cores got 0.68 of a core between them and made 128 steps per CPU-second
+worker threads on 2 cores got 0.62 of a core between them and made 150 steps per CPU-second
 (a worker alone: ~300). In a process of its own a worker competes only for a core.
 
 ``RemoteTrainer`` has the part of ``Trainer``'s interface the Lab and the pages use
@@ -16,7 +16,7 @@ a worker's process starts in tens of milliseconds (building its Trainer then tak
 second) and shares torch's pages with its siblings, and the Streamlit process itself (its
 threads and locks) is never forked. A child whose parent dies sees its pipe close and stops.
 
-The trade (docs/DEPLOYMENT.md, 10 sessions on 2 cores): 2.9x faster training per session,
+The trade (docs/DEPLOYMENT.md, 10 sessions on 2 cores): 2.1x faster training per session,
 ~150 MB per worker, and a server that answers a little slower (workers run at nice +10).
 """
 

@@ -53,8 +53,9 @@ LIMIT_DEFAULTS = {
     "BNVIZ_MAX_BATCH": 1024,
     "BNVIZ_IDLE_TIMEOUT_S": 600,
 }
-# Thread settings, and how workers run (bnviz/live.py DEFAULT_WORKER_MODE).
-THREAD_VARS = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "BNVIZ_WORKER_MODE": "thread"}
+# Thread settings, and how workers run: the image runs them as processes (docs/DEPLOYMENT.md,
+# "The server alone"); bnviz/live.py's default for `streamlit run` is threads.
+THREAD_VARS = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "BNVIZ_WORKER_MODE": "process"}
 
 
 # --------------------------------------------------------------------------- helpers
