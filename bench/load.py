@@ -68,6 +68,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from playwright.async_api import Page, async_playwright, expect
 
 from bench.protocol_tab import ProtocolTab
+from bnviz import limits
 from tests.browser_support import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -309,17 +310,14 @@ class Monitor:
         for tid, (name, cpu) in threads.items():
             if name.startswith("bnviz-trainer"):
                 self._trainer_cpu[tid] = cpu
+        # Every process the server ever had counts with its last CPU time: a worker process that
+        # ended keeps what it used (its CPU would otherwise vanish from the total).
+        self._tree_cpu.update({pid: cpu_seconds([pid]) for pid in server})
         # BNVIZ_WORKER_MODE=process: the workers are the server's other descendants (children of
         # multiprocessing's forkserver; the forkserver itself idles). Keyed by pid, which never
         # equals a thread id of the server.
-        for pid in server:
-            if pid != self.server_pid:
-                self._trainer_cpu[pid] = cpu_seconds([pid])
+        self._trainer_cpu.update({pid: self._tree_cpu[pid] for pid in server if pid != self.server_pid})
         main = threads.get(self.server_pid, ("", 0.0))[1]
-        # Every process the server ever had counts with its last CPU time: a worker process that
-        # ended keeps what it used (its CPU would otherwise vanish from the total).
-        for pid in server:
-            self._tree_cpu[pid] = cpu_seconds([pid])
         return {"t": time.time(), "server_rss": rss_bytes(server), "server_cpu": sum(self._tree_cpu.values()),
                 "client_rss": rss_bytes(client), "client_cpu": cpu_seconds(client),
                 "trainer_cpu": dict(self._trainer_cpu), "main_cpu": main}
@@ -546,7 +544,8 @@ async def _tab_factory(client: str, stack: AsyncExitStack) -> Callable[[], "Brow
 async def run_load(sessions: int, seconds: float, workers: int = 4, steps: int = 2000, query: str | None = None,
                    pause_after: float | None = None, settle_timeout: float = 0.0, close_timeout: float = 60.0,
                    workdir: Path | str | None = None, thread_names: bool = True, warmup: bool = True,
-                   health_timeout: float = HEALTH_TIMEOUT_S, client: str = "browser", worker_mode: str = "thread",
+                   health_timeout: float = HEALTH_TIMEOUT_S, client: str = "browser",
+                   worker_mode: str = limits.DEFAULT_WORKER_MODE,
                    say: Callable[[str], None] = print) -> dict:
     """Run the load test and return every figure (see the module docstring).
 
@@ -567,7 +566,7 @@ async def run_load(sessions: int, seconds: float, workers: int = 4, steps: int =
     }
     say(f"machine: {result['machine']['cores']} cores, {result['machine']['cpu']}; {result['machine']['uptime_before']}")
     env = {"BNVIZ_MAX_WORKERS": str(workers), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "BNVIZ_WORKER_MODE": worker_mode}
+           limits.WORKER_MODE_VAR: worker_mode}
     if thread_names:
         hooks = workdir / "hooks"
         hooks.mkdir(parents=True, exist_ok=True)
@@ -826,7 +825,7 @@ def format_report(res: dict) -> str:
     out = []
     cfg = res["config"]
     out.append(f"\nbnviz load test: {cfg['sessions']} sessions ({cfg.get('client', 'browser')} client), {cfg['seconds']:g} s, "
-               f"BNVIZ_MAX_WORKERS={cfg['workers']}, BNVIZ_WORKER_MODE={cfg.get('worker_mode', 'thread')}, "
+               f"BNVIZ_MAX_WORKERS={cfg['workers']}, BNVIZ_WORKER_MODE={cfg.get('worker_mode', limits.DEFAULT_WORKER_MODE)}, "
                f"/?{cfg['query']}")
     out.append(f"machine: {res['machine']['cores']} cores ({res['machine']['cpu']}), {res['machine']['mem_gb']} GB")
     out.append(f"  before: {res['machine']['uptime_before']}")
@@ -924,8 +923,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure from a cold server (the first Start then also pays the torch imports)")
     ap.add_argument("--no-thread-names", action="store_true",
                     help="do not put the thread-naming sitecustomize on the server's PYTHONPATH (no CPU split)")
-    ap.add_argument("--worker-mode", choices=("thread", "process"), default="thread",
-                    help="BNVIZ_WORKER_MODE of the server: training workers as threads or processes (default thread)")
+    ap.add_argument("--worker-mode", choices=limits.WORKER_MODES, default=limits.DEFAULT_WORKER_MODE,
+                    help=f"BNVIZ_WORKER_MODE of the server: training workers as threads or processes "
+                         f"(default {limits.DEFAULT_WORKER_MODE})")
     ap.add_argument("--json", help="also write every figure to this file")
     args = ap.parse_args(argv)
     try:

@@ -60,7 +60,6 @@ class ProtocolStats:
     chart_updates: int = 0  # plotly_chart elements received
     runs_finished: int = 0
     auto_reruns_sent: int = 0
-    first_chart_at: float | None = None
     chart_times: list[float] = field(default_factory=list)  # when a run that drew charts finished
 
 
@@ -248,7 +247,6 @@ class ProtocolTab:
                 del self.samples[: len(self.samples) - 4000]
             if r.charts:
                 self.stats.chart_times.append(now)
-                self.stats.first_chart_at = self.stats.first_chart_at or now
         self._finished.set()
 
     def _set_timer(self, fragment_id: str, interval: float) -> None:

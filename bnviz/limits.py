@@ -47,3 +47,16 @@ def current() -> Limits:
         if values[var] < 1:
             raise ConfigError(f"{var}: expected a positive integer ({what}), got {raw!r}")
     return Limits(*(values[v] for v in LIMIT_VARS))
+
+
+WORKER_MODE_VAR = "BNVIZ_WORKER_MODE"
+WORKER_MODES = ("thread", "process")  # bnviz/live.py: threads of the server, or bnviz/remote.py's processes
+DEFAULT_WORKER_MODE = "thread"
+
+
+def worker_mode() -> str:
+    """How this server runs training workers, from BNVIZ_WORKER_MODE (read at each start, like the limits)."""
+    raw = os.environ.get(WORKER_MODE_VAR, "").strip().lower() or DEFAULT_WORKER_MODE
+    if raw not in WORKER_MODES:
+        raise ConfigError(f"{WORKER_MODE_VAR}: expected one of {', '.join(WORKER_MODES)}, got {raw!r}")
+    return raw

@@ -19,16 +19,15 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
-import os
 import threading
 import time
 from collections import deque
 
 from bnviz import limits, remote
 from bnviz.config import Comparison
-from bnviz.errors import BnvizError, ConfigError
+from bnviz.errors import BnvizError
 from bnviz.pacing import PACER
-from bnviz.runlog import RunSnapshot
+from bnviz.runlog import TERMINAL_STATES, RunSnapshot
 from bnviz.trainer import Trainer
 
 log = logging.getLogger("bnviz.live")
@@ -146,7 +145,7 @@ class Lab:
         with self._lock:
             if self.comparison is None:
                 raise BnvizError("nothing to train: no comparison configured")
-            if self.trainer is None or self.trainer.state in ("finished", "stopped", "failed"):
+            if self.trainer is None or self.trainer.state in TERMINAL_STATES:
                 self._discard_trainer()
                 self.trainer = new_trainer(self.comparison, self.single_thread)
             self.running = True
@@ -167,7 +166,7 @@ class Lab:
         with self._lock:
             if self.comparison is None:
                 return
-            if self.trainer is None or self.trainer.state in ("finished", "stopped", "failed"):
+            if self.trainer is None or self.trainer.state in TERMINAL_STATES:
                 self._discard_trainer()
                 self.trainer = new_trainer(self.comparison, self.single_thread)
             self.running = False
@@ -220,7 +219,7 @@ class Lab:
             snap = t.log.snapshot()
             if self.running and self.pool.has_slot(self) and self.speed is not None and t.state == "paused":
                 t.step(self.speed)  # slow motion: a few steps per refresh
-            if self.running and t.state in ("finished", "failed", "stopped"):
+            if self.running and t.state in TERMINAL_STATES:
                 self.running = False
                 if t.state == "failed":
                     self.message = t.error
@@ -247,7 +246,7 @@ class Lab:
     # status -------------------------------------------------------------------------------
     def wants_cpu(self) -> bool:
         t = self.trainer
-        return self.running and t is not None and t.state not in ("finished", "stopped", "failed")
+        return self.running and t is not None and t.state not in TERMINAL_STATES
 
     @property
     def queue_place(self) -> int | None:
@@ -286,22 +285,9 @@ def alive_workers() -> int:
     return threads + remote.active_processes()
 
 
-WORKER_MODE_VAR = "BNVIZ_WORKER_MODE"
-WORKER_MODES = ("thread", "process")
-DEFAULT_WORKER_MODE = "thread"
-
-
-def worker_mode() -> str:
-    """How this server runs training workers, from BNVIZ_WORKER_MODE (read at each start, like the limits)."""
-    raw = os.environ.get(WORKER_MODE_VAR, "").strip().lower() or DEFAULT_WORKER_MODE
-    if raw not in WORKER_MODES:
-        raise ConfigError(f"{WORKER_MODE_VAR}: expected one of {', '.join(WORKER_MODES)}, got {raw!r}")
-    return raw
-
-
 def new_trainer(comparison: Comparison, single_thread: bool) -> "Trainer | remote.RemoteTrainer":
     """A paused trainer for ``comparison``: a thread of this process, or a child process."""
-    if worker_mode() == "process":
+    if limits.worker_mode() == "process":
         trainer = remote.RemoteTrainer(comparison, single_thread=single_thread)
     else:
         trainer = Trainer(comparison, single_thread=single_thread)

@@ -29,12 +29,11 @@ from itertools import count
 
 from bnviz.config import Comparison
 from bnviz.errors import BnvizError
-from bnviz.runlog import RunSnapshot
+from bnviz.runlog import TERMINAL_STATES, RunSnapshot
 
 PROCESS_NAME = "bnviz-trainer"  # the threads' name too: alive_workers() counts both
 WORKER_NICE = 10  # added to a worker process's niceness (lower scheduling priority than the server)
 SNAPSHOT_WAIT_S = 0.25  # a page waits at most this for a worker's snapshot, then shows the last one
-_TERMINAL = ("finished", "stopped", "failed")
 
 _context = None
 _context_lock = threading.Lock()
@@ -98,7 +97,7 @@ class RemoteTrainer:
         with self._lock:
             if self._proc is not None:
                 return True
-            if self._state in _TERMINAL:
+            if self._state in TERMINAL_STATES:
                 return False
             import torch
             ctx = _mp_context()
@@ -149,7 +148,7 @@ class RemoteTrainer:
 
     def stop(self) -> None:
         with self._lock:
-            if self._proc is None and self._state not in _TERMINAL:
+            if self._proc is None and self._state not in TERMINAL_STATES:
                 self._state = "stopped"
             self._send("stop")
 
@@ -166,7 +165,7 @@ class RemoteTrainer:
     @property
     def state(self) -> str:
         p = self._proc
-        if p is not None and self._state not in _TERMINAL and not p.is_alive() and p.exitcode is not None:
+        if p is not None and self._state not in TERMINAL_STATES and not p.is_alive() and p.exitcode is not None:
             self._state = "failed"
             self.error = self.error or f"training worker exited unexpectedly (exit code {p.exitcode})"
         return self._state
@@ -193,7 +192,7 @@ class RemoteTrainer:
                     self._conn.send(("snapshot", self._in_flight))
                 if self._in_flight is not None:
                     self._receive(SNAPSHOT_WAIT_S)
-                if self._state in _TERMINAL and not self._busy and not self._stop_sent:
+                if self._state in TERMINAL_STATES and not self._busy and not self._stop_sent:
                     # The run is over and this snapshot is its last word: the child and the
                     # memory it holds can go now rather than when the tab closes.
                     self._stop_sent = True

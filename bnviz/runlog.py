@@ -128,6 +128,10 @@ class RunSnapshot:
         return max((v.step for v in self.variants.values()), default=0)
 
 
+# A run in one of these states computes no more (a new Trainer is needed to go on).
+TERMINAL_STATES = ("finished", "stopped", "failed")
+
+
 class RunLog:
     """Everything one comparison recorded; written by one trainer, read by anyone."""
 

@@ -9,6 +9,7 @@ This module runs in the forkserver before any worker is forked, and the workers 
 
 from __future__ import annotations
 
+import gc
 from multiprocessing import spawn
 
 
@@ -20,8 +21,6 @@ spawn._fixup_main_from_path = _skip_main
 spawn._fixup_main_from_name = _skip_main
 
 import bnviz.trainer  # noqa: E402,F401 -- the engine loads once here; every worker shares its pages
-
-import gc  # noqa: E402
 
 # What the forkserver holds now is shared with every worker: keep the collector from touching
 # it in the children, or each collection would copy those pages into every worker.

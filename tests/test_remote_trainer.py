@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from bnviz import live, remote
+from bnviz import limits, live, remote
 from bnviz.errors import ConfigError
 from bnviz.trainer import Trainer
 from tests.test_trainer import small
@@ -127,12 +127,12 @@ def test_stop_ends_the_process_and_the_count_of_live_workers(remote_trainers):
 
 def test_worker_mode_comes_from_the_environment_and_bad_values_name_the_variable(monkeypatch):
     monkeypatch.delenv("BNVIZ_WORKER_MODE", raising=False)
-    assert live.worker_mode() == live.DEFAULT_WORKER_MODE
+    assert limits.worker_mode() == limits.DEFAULT_WORKER_MODE
     monkeypatch.setenv("BNVIZ_WORKER_MODE", "Process")
-    assert live.worker_mode() == "process"
+    assert limits.worker_mode() == "process"
     monkeypatch.setenv("BNVIZ_WORKER_MODE", "fibers")
     with pytest.raises(ConfigError, match=r"^BNVIZ_WORKER_MODE: expected one of thread, process, got 'fibers'$"):
-        live.worker_mode()
+        limits.worker_mode()
 
 
 def test_a_lab_in_process_mode_trains_through_a_child(monkeypatch):
