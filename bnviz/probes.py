@@ -46,6 +46,11 @@ class Hook:
         self.remove()
 
 
+def on_numpy(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether sorts and percentiles of such tensors run in numpy (CPU floats) or in torch (GPU)."""
+    return device.type == "cpu" and dtype in (torch.float32, torch.float64)
+
+
 def sort_rows(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """``x`` sorted along its last dim (values only, NaN last), on x's device.
 
@@ -55,7 +60,7 @@ def sort_rows(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     overwritten (on the CPU it is, saving a copy).
     """
     x = x.detach()
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+    if on_numpy(x.device, x.dtype):
         a = x.numpy()
         if inplace and x.is_contiguous():
             a.sort(axis=-1)
@@ -70,7 +75,8 @@ _INTERP: dict[tuple, tuple] = {}
 def _interp(n: int, qs: tuple[float, ...], device: torch.device, dtype: torch.dtype):
     """Cached (lo, hi, frac) of numpy's 'linear' method for n values: x[lo] + (x[hi] - x[lo]) * frac.
 
-    On the CPU as numpy arrays (the interpolation then runs in numpy: same float ops, less overhead).
+    On the CPU as numpy arrays (the interpolation then runs in numpy: same float ops, less overhead);
+    elsewhere as (lo and hi in one index tensor, number of percentiles, frac) on the device.
     """
     key = (n, tuple(qs), device, dtype)
     got = _INTERP.get(key)
@@ -79,10 +85,10 @@ def _interp(n: int, qs: tuple[float, ...], device: torch.device, dtype: torch.dt
         lo = pos.floor().long()
         hi = torch.clamp(lo + 1, max=n - 1)
         frac = (pos - lo).to(dtype)
-        if device.type == "cpu" and dtype in (torch.float32, torch.float64):
+        if on_numpy(device, dtype):
             got = (lo.numpy(), hi.numpy(), frac.numpy())
-        else:
-            got = (lo.to(device), hi.to(device), frac.to(device))
+        else:  # lo and hi as one index: one gather per call (on a GPU each op costs a launch)
+            got = (torch.cat([lo, hi]).to(device), len(qs), frac.to(device))
         _INTERP[key] = got
         if len(_INTERP) > 256:  # bounded: shapes of a server's sessions, not of every call
             _INTERP.pop(next(iter(_INTERP)))
@@ -97,7 +103,8 @@ def sorted_percentiles(s: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
         a, b = a[..., lo], a[..., hi]
         with np.errstate(invalid="ignore"):  # inf - inf in a diverging layer: NaN, as torch gives, silently
             return torch.from_numpy(a + (b - a) * frac)
-    a, b = s[..., lo], s[..., hi]
+    ab = s.index_select(-1, lo)  # lo: lo and hi together; hi: how many of each
+    a, b = ab[..., :hi], ab[..., hi:]
     return a + (b - a) * frac
 
 
@@ -145,7 +152,7 @@ class LayerProbes:
         self._sorted: torch.Tensor | list[torch.Tensor] | None = None  # cache, reset by each new forward
         self.hooks = [Hook(b.preact, self._recorder(i)) for i, b in enumerate(blocks)]
         self._edges: torch.Tensor | None = None
-        self._unit_index: torch.Tensor | None = None  # flat positions of each layer's tracked unit
+        self._unit_index: tuple | None = None  # ((shape, device), flat positions of each layer's tracked unit)
 
     def _recorder(self, i: int):
         def record(_module, _inputs, output):
@@ -196,14 +203,16 @@ class LayerProbes:
         # MLP (N, C): column u; CNN (N, C, H, W): channel u over N*H*W.
         if self._stacked is not None:  # one gather for every layer: (L, N[*H*W])
             z = self._stacked
-            if (self._unit_index is None or self._unit_index.device != z.device
-                    or self._unit_index.shape[1] * z.shape[1] != z[0].numel()):
+            # made once per shape and device: rebuilding it is five small ops and a host-to-device
+            # copy, which on a GPU cost more than the gather itself and forbid graph capture
+            key = (tuple(z.shape), z.device)
+            if self._unit_index is None or self._unit_index[0] != key:
                 rows = torch.arange(len(self.units)).view(-1, 1, 1)
                 inner = torch.arange(z[0].numel()).view(z.shape[1], z.shape[2], -1)  # (N, C, H*W) flat offsets
                 units = torch.tensor(self.units)
-                self._unit_index = (rows * z[0].numel() + inner[:, units].permute(1, 0, 2)).reshape(
-                    len(self.units), -1).to(z.device)
-            return torch.take(z if z.is_contiguous() else z.contiguous(), self._unit_index)
+                index = (rows * z[0].numel() + inner[:, units].permute(1, 0, 2)).reshape(len(self.units), -1)
+                self._unit_index = (key, index.to(z.device))
+            return torch.take(z if z.is_contiguous() else z.contiguous(), self._unit_index[1])
         return [z[:, u].reshape(-1) for z, u in zip(self._seen, self.units)]
 
     def _layers_sorted(self, rows: torch.Tensor | None, inplace: bool = False) -> torch.Tensor | list[torch.Tensor]:

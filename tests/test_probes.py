@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from bnviz import data
+from bnviz import probes as probes_module
 from bnviz.config import Comparison, RunConfig
 from bnviz.metrics import PERCENTILES
 from bnviz.models import build_model
@@ -72,6 +73,31 @@ def test_percentiles_of_a_one_dimensional_float32_tensor():
     got = percentiles(x, PERCENTILES)
     assert got.shape == (3,) and got.dtype == torch.float32
     np.testing.assert_allclose(got.numpy(), np.percentile(x.numpy(), PERCENTILES), rtol=1e-6)
+
+
+def test_percentiles_on_the_gpu_path_equal_the_cpu_path_bit_for_bit(monkeypatch):
+    """The torch sort and one gather (what a GPU runs) give numpy's sort and indexing's numbers."""
+    g = torch.Generator().manual_seed(3)
+    rows = [torch.randn(6, n, generator=g) * 2 + 0.5 for n in (1, 2, 60, 6000)]
+    on_cpu = [percentiles(x, PERCENTILES) for x in rows]
+    monkeypatch.setattr(probes_module, "on_numpy", lambda device, dtype: False)
+    probes_module._INTERP.clear()
+    for x, want in zip(rows, on_cpu):
+        assert torch.equal(percentiles(x, PERCENTILES), want)
+    probes_module._INTERP.clear()
+
+
+def test_tracked_units_of_observed_layers_follow_a_change_of_batch_size():
+    """The cached gather positions of the tracked units are rebuilt when the shape changes."""
+    g = torch.Generator().manual_seed(4)
+    p = LayerProbes([], [1, 3])
+    for n in (7, 5, 7):
+        z = torch.randn(2, n, 4, generator=g)
+        p.observe(z)
+        got = p.activation_stats()[:, 5:]
+        for layer, unit in enumerate([1, 3]):
+            want = np.percentile(z[layer, :, unit].numpy(), PERCENTILES)
+            np.testing.assert_allclose(got[layer].numpy(), want, rtol=1e-6, atol=1e-6)
 
 
 @settings(max_examples=100, deadline=None, database=None)
