@@ -8,9 +8,18 @@ the same whether its companions can be stacked or not (tests/test_browser.py res
 comparison with bn switched to layer norm and expects the plain variant's loss to repeat).
 The one metric computed differently is update_ratio: ||lr * update|| / ||W|| instead of
 ||W_after - W_before|| / ||W_before|| by subtraction, equal up to float rounding.
+
+Everything here runs on the CPU; ``BNVIZ_TEST_DEVICE=cuda`` runs the same comparisons on a
+GPU (bench/gpu_session.sh does). There cuBLAS picks its kernels by shape, so a batched product
+rounds differently from the per-variant ones (measured on an H100: 1e-7 relative after one
+step, growing with the steps as training amplifies it, up to 25% after 50 steps of a chaotic
+run): on a GPU the paths agree to float rounding over the first steps, not bit for bit, and
+the bit-for-bit tests are CPU-only.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -22,7 +31,15 @@ from bnviz.models import StackedMLP, build_model, stack_key
 from bnviz.trainer import Trainer
 
 STEPS = 50
-BASE = ["dataset=mnist-mini", "width=24", "depth=3", f"steps={STEPS}", "eval_every=20", "hist_every=5",
+DEVICE = os.environ.get("BNVIZ_TEST_DEVICE", "cpu")
+EXACT = DEVICE == "cpu"  # bit for bit (see the module doc)
+cpu_only = pytest.mark.skipif(not EXACT, reason="bit for bit on the CPU only: cuBLAS rounds batched products "
+                                                "differently from per-variant ones")
+# steps over which the paths must agree within float tolerance: all of them on the CPU; on a GPU
+# the first few, before training amplifies rounding differences
+CLOSE_STEPS = STEPS if EXACT else 5
+RTOL = 1e-6 if EXACT else 1e-4
+BASE = [f"device={DEVICE}", "dataset=mnist-mini", "width=24", "depth=3", f"steps={STEPS}", "eval_every=20", "hist_every=5",
         "batch_size=60"]
 
 COMPARISONS = {
@@ -51,7 +68,7 @@ def comparison(pairs: list[str], steps: int | None = None) -> Comparison:
 
 def run(pairs: list[str], batched: bool, probes: bool = True, steps: int | None = None):
     trainer = Trainer(comparison(pairs, steps), batched=batched, probes=probes)
-    assert trainer.batched == batched
+    assert trainer.batched == batched and trainer.device.type == DEVICE
     trainer.run()
     return trainer, trainer.log.snapshot()
 
@@ -71,24 +88,29 @@ def both_paths():
 def test_stacked_path_records_the_same_numbers_as_the_per_variant_path(both_paths, name):
     fast, slow, _, _ = both_paths[name]
     assert list(fast.variants) == list(slow.variants)
+    k = CLOSE_STEPS
     for vname in fast.variants:
         a, b = fast.variants[vname], slow.variants[vname]
         assert a.steps.tolist() == b.steps.tolist() == list(range(1, STEPS + 1))
-        # losses within float tolerance (and in fact identical)
-        np.testing.assert_allclose(a.series["train_loss"], b.series["train_loss"], rtol=1e-6, atol=0)
+        # losses within float tolerance (and on the CPU in fact identical)
+        np.testing.assert_allclose(a.series["train_loss"][:k], b.series["train_loss"][:k], rtol=RTOL, atol=0)
         # percentiles: tight tolerance; moments, gradient and weight norms likewise
         for m in PERCENTILE_METRICS + ("act_mean", "act_std", "grad_norm", "weight_norm"):
-            np.testing.assert_allclose(a.series[m], b.series[m], rtol=1e-6, atol=1e-7, err_msg=f"{vname} {m}")
+            np.testing.assert_allclose(a.series[m][:k], b.series[m][:k], rtol=RTOL, atol=1e-7 if EXACT else 1e-5,
+                                       err_msg=f"{vname} {m}")
         # the update measured as the optimizer's step rather than by subtracting weights
-        np.testing.assert_allclose(a.series["update_ratio"], b.series["update_ratio"], rtol=1e-4, err_msg=vname)
+        np.testing.assert_allclose(a.series["update_ratio"][:k], b.series["update_ratio"][:k], rtol=1e-4,
+                                   atol=0 if EXACT else 1e-6, err_msg=vname)
         assert a.eval_steps.tolist() == b.eval_steps.tolist()
-        np.testing.assert_allclose(a.evals["test_loss"], b.evals["test_loss"], rtol=1e-6)
-        assert np.array_equal(a.evals["test_acc"], b.evals["test_acc"])
         assert a.hist_steps.tolist() == b.hist_steps.tolist()
-        np.testing.assert_allclose(a.hists, b.hists, rtol=0, atol=1e-7)
+        if EXACT:  # evaluations and histograms come after 20 and 5 steps
+            np.testing.assert_allclose(a.evals["test_loss"], b.evals["test_loss"], rtol=1e-6)
+            assert np.array_equal(a.evals["test_acc"], b.evals["test_acc"])
+            np.testing.assert_allclose(a.hists, b.hists, rtol=0, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", list(COMPARISONS))
+@cpu_only
 def test_stacked_path_is_bit_for_bit_the_per_variant_path(both_paths, name):
     """Stronger than the tolerances above, and what the app needs (see the module doc)."""
     fast, slow, _, _ = both_paths[name]
@@ -101,6 +123,7 @@ def test_stacked_path_is_bit_for_bit_the_per_variant_path(both_paths, name):
         assert np.array_equal(a.hists, b.hists)
 
 
+@cpu_only
 def test_models_and_optimizer_state_after_the_stacked_path_equal_the_per_variant_ones(both_paths):
     """The stacked path writes through to every variant's module and optimizer (views)."""
     _, _, fast, slow = both_paths["optimizers"]
@@ -118,6 +141,7 @@ def test_models_and_optimizer_state_after_the_stacked_path_equal_the_per_variant
                 assert torch.equal(bf, bs), vf.name
 
 
+@cpu_only
 def test_a_variant_trains_the_same_whatever_its_companions():
     """plain stacked with a BN variant == plain next to a layer-norm variant (not stackable)."""
     _, stacked = run(["variants=plain,bn", "bn.norm=batch"], batched=True)
@@ -143,8 +167,12 @@ def test_variants_that_finish_or_diverge_early_leave_the_stack_and_the_others_go
     for vname in fast.variants:
         a, b = fast.variants[vname], slow.variants[vname]
         assert a.status == b.status
-        assert np.array_equal(a.series["train_loss"], b.series["train_loss"]), vname
-        np.testing.assert_allclose(a.series["act_p50"], b.series["act_p50"], rtol=1e-6, atol=1e-7)
+        if EXACT:
+            assert np.array_equal(a.series["train_loss"], b.series["train_loss"]), vname
+        k = CLOSE_STEPS
+        np.testing.assert_allclose(a.series["train_loss"][:k], b.series["train_loss"][:k], rtol=RTOL, err_msg=vname)
+        np.testing.assert_allclose(a.series["act_p50"][:k], b.series["act_p50"][:k], rtol=RTOL,
+                                   atol=1e-7 if EXACT else 1e-5)
         assert a.hist_steps.tolist() == b.hist_steps.tolist()
 
 
@@ -175,14 +203,17 @@ def test_stack_key_says_which_variants_can_be_stacked():
     assert not Trainer(comparison(["variants=a,b", "b.width=32"])).batched
 
 
-def test_stacked_mlp_step_matches_autograd_on_one_batch():
-    """One step by hand, checked against autograd and torch.optim.SGD directly (not via the trainer)."""
+@pytest.mark.parametrize("device", sorted({"cpu", DEVICE}))
+def test_stacked_mlp_step_matches_autograd_on_one_batch(device):
+    """One step by hand, checked against autograd and torch.optim.SGD directly (not via the
+    trainer): equal on the CPU, equal to float rounding on a GPU (see the module doc)."""
+    same = torch.equal if device == "cpu" else (lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-7))
     cfgs = [RunConfig(dataset="mnist-mini", width=16, depth=2, norm=n, activation=a, lr=0.3)
             for n, a in (("none", "sigmoid"), ("batch", "relu"))]
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g)
-    ref = [build_model(c, (1, 28, 28), 10) for c in cfgs]
-    models = [build_model(c, (1, 28, 28), 10) for c in cfgs]
+    x, y = torch.randn(8, 1, 28, 28, generator=g).to(device), torch.randint(0, 10, (8,), generator=g).to(device)
+    ref = [build_model(c, (1, 28, 28), 10).to(device) for c in cfgs]
+    models = [build_model(c, (1, 28, 28), 10).to(device) for c in cfgs]
     opts = [torch.optim.SGD(m.parameters(), lr=c.lr) for m, c in zip(models, cfgs)]
     stack = StackedMLP(models, cfgs, opts)
     loss, stats = stack.step(x.flatten(1), y)
@@ -193,8 +224,29 @@ def test_stacked_mlp_step_matches_autograd_on_one_batch():
         ref_loss.backward()
         grad_norms = [b.linear.weight.grad.norm() for b in m.hidden]
         opt.step()
-        assert torch.equal(loss[i], ref_loss.detach())
+        assert same(loss[i], ref_loss.detach())
         for pa, pb in zip(models[i].parameters(), m.parameters()):
-            assert torch.equal(pa, pb)
+            assert same(pa, pb)
         for layer, gn in enumerate(grad_norms):
-            assert torch.equal(stats[layer, i, 0], gn)
+            assert same(stats[layer, i, 0], gn)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("batched", [True, False])
+def test_cuda_records_the_cpu_numbers_within_float_tolerance(batched):
+    """Same seeds, same batches: cuBLAS and the CPU's BLAS round differently, so 50 steps of
+    SGD at lr 0.5 drift apart by float rounding only, never by a different computation."""
+    pairs = COMPARISONS["paper-fig1"]
+    runs = {}
+    for device in ("cpu", "cuda"):
+        trainer = Trainer(comparison(pairs + [f"device={device}"]), batched=batched)
+        assert trainer.device.type == device
+        trainer.run()
+        runs[device] = trainer.log.snapshot()
+    for vname, a in runs["cuda"].variants.items():
+        b = runs["cpu"].variants[vname]
+        assert a.steps.tolist() == b.steps.tolist() == list(range(1, STEPS + 1))
+        for m in ("train_loss", *PERCENTILE_METRICS, "act_mean", "act_std", "grad_norm", "weight_norm"):
+            np.testing.assert_allclose(a.series[m], b.series[m], rtol=1e-3, atol=1e-4, err_msg=f"{vname} {m}")
+        np.testing.assert_allclose(a.evals["test_loss"], b.evals["test_loss"], rtol=1e-3)
+        np.testing.assert_allclose(a.hists, b.hists, rtol=0, atol=0.02)
