@@ -11,7 +11,8 @@ the variants are stepped together as one ``models.StackedMLP``: batched products
 written out by hand, probes reduced for all layers and variants at once. It records bit for
 bit what one autograd pass and one SGD step per variant record (``batched=False``, the path
 every other comparison takes; only update_ratio is computed from the optimizer's step, equal
-up to float rounding), about twice as fast (docs/PERFORMANCE.md).
+up to float rounding), about twice as fast (docs/PERFORMANCE.md). On a GPU that stacked step
+is replayed as a CUDA graph (``bnviz.cuda_graphs``): one launch instead of ~130.
 
 Run it synchronously (``run()``, for the CLI and tests) or on a worker thread
 (``start()``, then ``pause()`` / ``resume()`` / ``step()`` / ``stop()`` / ``set_lr()`` from
@@ -20,6 +21,7 @@ any thread). The worker never touches UI code; readers use ``log.snapshot()``.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import threading
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 
 from bnviz import data as datasets
 from bnviz.config import Comparison, RunConfig
+from bnviz.cuda_graphs import GPU_LOCK, StepGraphs
 from bnviz.errors import ConfigError
 from bnviz.metrics import LANDSCAPE_METRICS, LAYER_METRICS, STEP_METRICS
 from bnviz.models import Net, StackedMLP, build_model, hidden_names, stack_key
@@ -40,6 +43,18 @@ from bnviz.probes import ACT_STATS, HIST_EDGES, LayerProbes, weight_stats
 from bnviz.runlog import RunLog
 
 EVAL_CHUNK = 2000  # test examples per forward pass in evaluation
+
+
+def _gpu_turn(method):
+    """Run a method that computes on the trainer's device holding GPU_LOCK when that is a GPU
+    (bnviz.cuda_graphs: a graph capture must not meet other threads' GPU work)."""
+    @functools.wraps(method)
+    def on_turn(self, *args, **kwargs):
+        if self.device.type != "cuda":
+            return method(self, *args, **kwargs)
+        with GPU_LOCK:
+            return method(self, *args, **kwargs)
+    return on_turn
 
 
 def resolve_device(requested: str) -> tuple[torch.device, str | None]:
@@ -122,7 +137,7 @@ class Trainer:
     """Trains a comparison in lockstep and records it into ``self.log``."""
 
     def __init__(self, comparison: Comparison, flush_every: int = 25, single_thread: bool = False,
-                 probes: bool = True, batched: bool = True):
+                 probes: bool = True, batched: bool = True, graphs: bool = True):
         self.comparison = comparison
         self.flush_every = flush_every
         # probes=False: record the train loss only (no activation or weight statistics, no
@@ -151,6 +166,10 @@ class Trainer:
         self._stack_members: list[int] = []  # indices of the variants in the stack
         self._stack_probes: LayerProbes | None = None
         self._stack_rows: slice | torch.Tensor = slice(0, 0)  # their rows in self._rows
+        # graphs=True: on a GPU the stacked step is replayed as a CUDA graph (same numbers, launched
+        # at once); False: eager, the reference the graphs are tested against
+        self.graphs = graphs and self.batched and self.device.type == "cuda"
+        self._step_graphs = StepGraphs() if self.graphs else None
         width = len(STEP_METRICS) + max(v.cfg.depth for v in self.variants) * len(LAYER_METRICS)
         self._rows = torch.full((len(self.variants), flush_every, width), 0.0 if probes else math.nan,
                                 device=self.device)  # (V, K, D)
@@ -193,6 +212,7 @@ class Trainer:
         return Variant(name, cfg, model, _optimizer(cfg, model.parameters()), probes, weights, ds, key)
 
     # one lockstep step -----------------------------------------------------------------
+    @_gpu_turn
     def _step_all(self) -> None:
         step = self.step_count + 1
         for v in self.variants:
@@ -229,6 +249,8 @@ class Trainer:
         self._stack_probes = LayerProbes([], units)
         contiguous = live == list(range(live[0], live[0] + n))
         self._stack_rows = slice(live[0], live[0] + n) if contiguous else torch.tensor(live, device=self.device)
+        if self._step_graphs is not None:
+            self._step_graphs.reset()  # the graphs hold the old stack's buffers
 
     def _step_stacked(self, step: int, k: int) -> None:
         """One step of every live variant as one stacked MLP (see models.StackedMLP)."""
@@ -236,38 +258,59 @@ class Trainer:
         if live != self._stack_members:
             self._restack(live)
         vs = [self.variants[i] for i in live]
-        v0 = vs[0]
-        x_train, y_train = self._tensors[v0.cfg.dataset][:2]
-        idx = self.samplers[v0.batch_key].next_on(self.device)
-        stack = self._stack
-        x = x_train.flatten(1).index_select(0, idx)  # = x_train[idx], flattened (a copy of whole rows)
-        loss, wstats = stack.step(x, y_train.index_select(0, idx), stats=self.probes)
-        if self.probes:
-            n_layers, n = stack.L, stack.V
-            probes = self._stack_probes
-            due = [j for j, v in enumerate(vs) if step % v.cfg.hist_every == 0]
-            # (L * V, N, C); step() is done with it, so the probes may reorder it
-            probes.observe(stack.preacts.flatten(0, 1), consumable=True)
-            act = probes.activation_stats().view(n_layers, n, -1)  # (L, V, 8)
-            if due:
-                hists = probes.histograms().view(n_layers, n, -1)
-                for j in due:
-                    self._hists[vs[j].name].append((step, hists[:, j]))
-            if isinstance(self._stack_rows, slice):  # write straight into the row buffer
-                block = self._rows[self._stack_rows, k]
-                m = len(LAYER_METRICS)
-                per_layer = block[:, 1: 1 + n_layers * m].view(n, n_layers, m)
-                per_layer[:, :, :ACT_STATS].copy_(act.transpose(0, 1))
-                per_layer[:, :, ACT_STATS:].copy_(wstats.transpose(0, 1))
-                block[:, 0].copy_(loss)
-            else:
-                per_layer = torch.cat([act, wstats], dim=2).transpose(0, 1).reshape(n, -1)  # (V, L * 11)
-                rows = torch.cat([loss[:, None], per_layer], dim=1)
-                self._rows[self._stack_rows, k, : rows.shape[1]] = rows
+        dataset = vs[0].cfg.dataset
+        idx = self.samplers[vs[0].batch_key].next_on(self.device)
+        due = [j for j, v in enumerate(vs) if step % v.cfg.hist_every == 0] if self.probes else []
+
+        def compute(batch: torch.Tensor):
+            return self._stacked_compute(dataset, batch, hists=bool(due))
+
+        if self._step_graphs is not None:
+            (loss, act, wstats, hists), replayed = self._step_graphs.run(bool(due), compute, idx)
+            if self._step_graphs.error is not None and not self._step_graphs.enabled:
+                self.log.add_notice(f"cuda graphs: capture failed ({self._step_graphs.error}); "
+                                    "training on without them (slower, same numbers)")
+                self._step_graphs = None
         else:
+            (loss, act, wstats, hists), replayed = compute(idx), False
+        for j in due:  # a replay's outputs are overwritten by the next one: keep a copy
+            self._hists[vs[j].name].append((step, hists[:, j].clone() if replayed else hists[:, j]))
+        if not self.probes:
             self._rows[self._stack_rows, k, 0] = loss
+        elif isinstance(self._stack_rows, slice):  # write straight into the row buffer
+            n, n_layers = len(vs), act.shape[0]
+            block = self._rows[self._stack_rows, k]
+            m = len(LAYER_METRICS)
+            per_layer = block[:, 1: 1 + n_layers * m].view(n, n_layers, m)
+            per_layer[:, :, :ACT_STATS].copy_(act.transpose(0, 1))
+            per_layer[:, :, ACT_STATS:].copy_(wstats.transpose(0, 1))
+            block[:, 0].copy_(loss)
+        else:
+            n = len(vs)
+            per_layer = torch.cat([act, wstats], dim=2).transpose(0, 1).reshape(n, -1)  # (V, L * 11)
+            rows = torch.cat([loss[:, None], per_layer], dim=1)
+            self._rows[self._stack_rows, k, : rows.shape[1]] = rows
         for v in vs:
             v.step = step
+
+    def _stacked_compute(self, dataset: str, idx: torch.Tensor, hists: bool):
+        """The stack's step on the batch ``idx``: (loss, act stats, weight stats, histograms or None).
+
+        Device work only, no host syncs, same shapes every call: a CUDA graph can hold it.
+        """
+        x_train, y_train = self._tensors[dataset][:2]
+        stack = self._stack
+        if self._step_graphs is not None:
+            stack._w_norm = None  # a graph cannot use ||W|| cached by the host: it measures it
+        x = x_train.flatten(1).index_select(0, idx)  # = x_train[idx], flattened (a copy of whole rows)
+        loss, wstats = stack.step(x, y_train.index_select(0, idx), stats=self.probes)
+        if not self.probes:
+            return loss, None, None, None
+        probes = self._stack_probes
+        # (L * V, N, C); step() is done with it, so the probes may reorder it
+        probes.observe(stack.preacts.flatten(0, 1), consumable=True)
+        act = probes.activation_stats().view(stack.L, stack.V, -1)  # (L, V, 8)
+        return loss, act, wstats, probes.histograms().view(stack.L, stack.V, -1) if hists else None
 
     def _step_each(self, step: int, k: int) -> None:
         """One step of every live variant, one autograd pass each (any model, norm, optimizer)."""
@@ -303,6 +346,7 @@ class Trainer:
                 self._rows[i, k, : row.numel()] = row
             v.step = step
 
+    @_gpu_turn
     def flush(self) -> None:
         """Move buffered rows and histograms to the RunLog; detect divergence."""
         k = len(self._row_steps)
@@ -393,22 +437,29 @@ class Trainer:
         finally:
             self._end("finished" if not any(v.live for v in self.variants) else "stopped")
 
+    @_gpu_turn
     def _begin(self) -> None:
         self.log.state = "running"
         if self.step_count == 0:
             for v in self.variants:
                 self._evaluate(v)  # accuracy before training: the curves start at chance
 
+    @_gpu_turn
     def _end(self, state: str) -> None:
         self.flush()
+        if self._step_graphs is not None:
+            self._step_graphs.release()  # their memory, now, under GPU_LOCK
         for v in self.variants:
             v.probes.remove()
             if v.live and state != "finished":
                 self.log.set_status(v.name, state, self.error if state == "failed" else None)
         self.log.state = state
 
+    @_gpu_turn
     def close(self) -> None:
         """Release hooks without training further (idempotent)."""
+        if self._step_graphs is not None:
+            self._step_graphs.release()
         for v in self.variants:
             v.probes.remove()
 
@@ -474,6 +525,8 @@ class Trainer:
                     for group in v.optimizer.param_groups:
                         group["lr"] = lr
             self.log.add_event(self.step_count, f"lr → {lr:g}", target)
+        if changes and self._step_graphs is not None:
+            self._step_graphs.reset()  # learning rates are frozen into a captured step
 
     def _loop(self) -> None:
         if self.single_thread:
