@@ -160,9 +160,11 @@ def _fig1(dataset: str = "mnist-mini", **changes):
     return presets.get("paper-fig1").comparison().with_all(dataset=dataset, **changes)
 
 
-def _trainer(cmp, probes: bool = True):
+def _trainer(cmp, probes: bool = True, **kwargs):
     from bnviz.trainer import Trainer
 
+    if kwargs:  # switches the baseline engine lacks (graphs=...)
+        return Trainer(cmp, probes=probes, **kwargs)
     if probes:
         return Trainer(cmp)
     try:
@@ -464,16 +466,56 @@ def memory_rows(s: Settings) -> list[Row]:
 GPU_COMMAND = "python -m bench --device cuda"
 
 
+def measure_cuda_vs_cpu(s: Settings) -> dict:
+    """The engine (all probes) on the GPU, with and without CUDA graphs, vs on this machine's
+    CPU at 1 torch thread (what a server's worker uses) and at every core, interleaved: per
+    model-step, wall time."""
+    cpu_threads = os.cpu_count() or 1
+    on = {"cpu": _trainer(_fig1(device="cpu")), "cuda": _trainer(_fig1(device="cuda")),
+          "cuda_eager": _trainer(_fig1(device="cuda"), graphs=False)}
+    out: dict = {"cpu_threads_all": cpu_threads}
+    try:
+        for t in on.values():
+            t._begin()
+        n_variants = len(on["cpu"].variants)
+        for threads in sorted({1, cpu_threads}):
+            torch.set_num_threads(threads)
+            wall, _ = interleave({k: t._step_all for k, t in on.items()},
+                                 s.chunk, s.rounds, s.warmup, torch.cuda.synchronize)
+            out[f"{threads}t"] = {"cpu_us": statistics.median(wall["cpu"]) * 1e6 / n_variants,
+                                  "cuda_us": statistics.median(wall["cuda"]) * 1e6 / n_variants,
+                                  "cuda_eager_us": statistics.median(wall["cuda_eager"]) * 1e6 / n_variants,
+                                  "cuda_speedup": _ratio(wall["cpu"], wall["cuda"]),
+                                  "cuda_eager_speedup": _ratio(wall["cpu"], wall["cuda_eager"])}
+        out["graphs_used"] = on["cuda"].graphs and on["cuda"]._step_graphs is not None
+    finally:
+        for t in on.values():
+            t._end("stopped")
+    return out
+
+
 def gpu_rows(s: Settings, device: str) -> list[Row]:
     if not torch.cuda.is_available():
         return [Row("gpu", "6. GPU: train speed, paper-fig1", "not measured: no CUDA GPU here", "figures to take",
                     None, "TODO", f"on a GPU machine: {GPU_COMMAND}")]
-    r = measure_training(s, torch.get_num_threads(), device="cuda")
+    name = torch.cuda.get_device_name(0)
+    r = measure_training(s, 1, device="cuda")
     us = r["us_per_model_step"]
-    return [Row("gpu", f"6. GPU ({torch.cuda.get_device_name(0)}): train speed",
+    rows = [Row("gpu", f"6. GPU ({name}): engine vs naive loop",
                 f"naive {us['naive']:.0f} us, engine {us['engine']:.0f} us", f">= {GOAL_SPEEDUP:g}x faster",
                 r["speedup"], "PASS" if r["speedup"] >= GOAL_SPEEDUP else "MISS",
-                f"probe overhead {r.get('probe_overhead', float('nan')):.2f}x", r)]
+                f"per model-step on cuda; probe overhead {r.get('probe_overhead', float('nan')):.2f}x; "
+                f"probes off vs naive {r.get('speedup_probes_off', float('nan')):.2f}x", r)]
+    c = measure_cuda_vs_cpu(s)
+    for key in (k for k in c if k.endswith("t")):
+        x = c[key]
+        rows.append(Row(f"gpu_vs_cpu_{key}", f"6. engine on cuda vs on this CPU at {key[:-1]} thread(s)",
+                        f"cpu {x['cpu_us']:.0f} us, cuda {x['cuda_us']:.0f} us", "cuda not slower",
+                        x["cuda_speedup"], "PASS" if x["cuda_speedup"] >= 1 else "MISS",
+                        f"ratio = cpu / cuda per model-step, all probes, wall time, interleaved; CUDA graphs "
+                        f"{'used' if c['graphs_used'] else 'NOT used'}; without them cuda {x['cuda_eager_us']:.0f} us "
+                        f"({x['cuda_eager_speedup']:.2f}x)", c))
+    return rows
 
 
 # ------------------------------------------------------------------------------ driver
