@@ -39,6 +39,8 @@ GPU_LOCK = threading.RLock()  # held by a trainer while it computes on a GPU (se
 
 
 class StepGraphs:
+    """One trainer's captured steps, by key (with histograms or without); see the module doc."""
+
     def __init__(self) -> None:
         self.enabled = True
         self.error: str | None = None
@@ -82,7 +84,8 @@ class StepGraphs:
         try:
             static_idx = idx.clone()
             graph = torch.cuda.CUDAGraph()
-            # thread_local: a server's other sessions may sync on their own threads meanwhile
+            # thread_local: only this thread's CUDA calls can void the capture (GPU_LOCK keeps other
+            # trainers out; any other thread's work must not break it)
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 out = fn(static_idx)
         except Exception as exc:  # the step does something a graph cannot hold: go on without
