@@ -58,7 +58,7 @@ def profile_step(device: str = "cpu", probes: bool = True, steps: int = 50, grap
         events = prof.events()
         top_level = [e for e in events if e.cpu_parent is None and e.name.startswith("aten::")]
         kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
-        return {"device": str(tr.device), "probes": probes, "graphs": tr.graphs and tr._step_graphs is not None,
+        return {"device": str(tr.device), "probes": probes, "graphs": tr.graphs,
                 "wall_ms": wall * 1e3, "host_ops_per_step": len(top_level) / steps,
                 "host_op_ms": sum(e.cpu_time_total for e in top_level) / steps / 1e3,
                 "kernels_per_step": len(kernels) / steps,

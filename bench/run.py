@@ -473,7 +473,7 @@ def measure_cuda_vs_cpu(s: Settings) -> dict:
     cpu_threads = os.cpu_count() or 1
     on = {"cpu": _trainer(_fig1(device="cpu")), "cuda": _trainer(_fig1(device="cuda")),
           "cuda_eager": _trainer(_fig1(device="cuda"), graphs=False)}
-    out: dict = {"cpu_threads_all": cpu_threads}
+    out: dict = {"cpu_threads_all": cpu_threads, "by_threads": {}}
     try:
         for t in on.values():
             t._begin()
@@ -482,12 +482,10 @@ def measure_cuda_vs_cpu(s: Settings) -> dict:
             torch.set_num_threads(threads)
             wall, _ = interleave({k: t._step_all for k, t in on.items()},
                                  s.chunk, s.rounds, s.warmup, torch.cuda.synchronize)
-            out[f"{threads}t"] = {"cpu_us": statistics.median(wall["cpu"]) * 1e6 / n_variants,
-                                  "cuda_us": statistics.median(wall["cuda"]) * 1e6 / n_variants,
-                                  "cuda_eager_us": statistics.median(wall["cuda_eager"]) * 1e6 / n_variants,
-                                  "cuda_speedup": _ratio(wall["cpu"], wall["cuda"]),
-                                  "cuda_eager_speedup": _ratio(wall["cpu"], wall["cuda_eager"])}
-        out["graphs_used"] = on["cuda"].graphs and on["cuda"]._step_graphs is not None
+            us = {f"{k}_us": statistics.median(v) * 1e6 / n_variants for k, v in wall.items()}
+            out["by_threads"][threads] = {**us, "cuda_speedup": _ratio(wall["cpu"], wall["cuda"]),
+                                          "cuda_eager_speedup": _ratio(wall["cpu"], wall["cuda_eager"])}
+        out["graphs_used"] = on["cuda"].graphs
     finally:
         for t in on.values():
             t._end("stopped")
@@ -507,9 +505,8 @@ def gpu_rows(s: Settings, device: str) -> list[Row]:
                 f"per model-step on cuda; probe overhead {r.get('probe_overhead', float('nan')):.2f}x; "
                 f"probes off vs naive {r.get('speedup_probes_off', float('nan')):.2f}x", r)]
     c = measure_cuda_vs_cpu(s)
-    for key in (k for k in c if k.endswith("t")):
-        x = c[key]
-        rows.append(Row(f"gpu_vs_cpu_{key}", f"6. engine on cuda vs on this CPU at {key[:-1]} thread(s)",
+    for threads, x in c["by_threads"].items():
+        rows.append(Row(f"gpu_vs_cpu_{threads}t", f"6. engine on cuda vs on this CPU at {threads} thread(s)",
                         f"cpu {x['cpu_us']:.0f} us, cuda {x['cuda_us']:.0f} us", "cuda not slower",
                         x["cuda_speedup"], "PASS" if x["cuda_speedup"] >= 1 else "MISS",
                         f"ratio = cpu / cuda per model-step, all probes, wall time, interleaved; CUDA graphs "

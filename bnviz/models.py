@@ -339,6 +339,9 @@ class StackedMLP:
         self._n = 0
         self._w_params = [h[l].linear.weight for h in hidden for l in range(L)]
         self._w_norm: tuple[torch.Tensor, tuple[int, ...]] | None = None  # ||W|| after the last step
+        # False: measure ||W|| before each step rather than reuse the host's cache of it (a CUDA
+        # graph replays the step without the host, so it cannot know whether the cache holds)
+        self.cache_w_norm = True
 
     # ------------------------------------------------------------------------------------
     def _stack_view(self, flat: torch.Tensor, i: int) -> torch.Tensor:
@@ -485,7 +488,7 @@ class StackedMLP:
         w_before = g_norm = None
         if stats:
             # ||W|| before this step is ||W|| after the last one, unless the weights were written since
-            cached = self._w_norm
+            cached = self._w_norm if self.cache_w_norm else None
             if cached is not None and cached[1] == self._w_versions():
                 w_before = cached[0]
             else:

@@ -97,14 +97,16 @@ def _interp(n: int, qs: tuple[float, ...], device: torch.device, dtype: torch.dt
 
 def sorted_percentiles(s: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
     """Percentiles of rows that are already sorted along the last dim. (..., n) -> (..., len(qs))."""
-    lo, hi, frac = _interp(s.shape[-1], qs, s.device, s.dtype)
-    if isinstance(lo, np.ndarray):
+    got = _interp(s.shape[-1], qs, s.device, s.dtype)
+    if isinstance(got[0], np.ndarray):
+        lo, hi, frac = got
         a = s.detach().numpy()
         a, b = a[..., lo], a[..., hi]
         with np.errstate(invalid="ignore"):  # inf - inf in a diverging layer: NaN, as torch gives, silently
             return torch.from_numpy(a + (b - a) * frac)
-    ab = s.index_select(-1, lo)  # lo: lo and hi together; hi: how many of each
-    a, b = ab[..., :hi], ab[..., hi:]
+    lo_hi, k, frac = got
+    ab = s.index_select(-1, lo_hi)
+    a, b = ab[..., :k], ab[..., k:]
     return a + (b - a) * frac
 
 

@@ -168,8 +168,7 @@ class Trainer:
         self._stack_rows: slice | torch.Tensor = slice(0, 0)  # their rows in self._rows
         # graphs=True: on a GPU the stacked step is replayed as a CUDA graph (same numbers, launched
         # at once); False: eager, the reference the graphs are tested against
-        self.graphs = graphs and self.batched and self.device.type == "cuda"
-        self._step_graphs = StepGraphs() if self.graphs else None
+        self._step_graphs = StepGraphs() if graphs and self.batched and self.device.type == "cuda" else None
         width = len(STEP_METRICS) + max(v.cfg.depth for v in self.variants) * len(LAYER_METRICS)
         self._rows = torch.full((len(self.variants), flush_every, width), 0.0 if probes else math.nan,
                                 device=self.device)  # (V, K, D)
@@ -184,6 +183,11 @@ class Trainer:
         self._lr_changes: list[tuple[float, str | None]] = []
         self._thread: threading.Thread | None = None
         self.error: str | None = None
+
+    @property
+    def graphs(self) -> bool:
+        """Whether the stacked step is replayed as a CUDA graph (False again after a failed capture)."""
+        return self._step_graphs is not None
 
     # construction ----------------------------------------------------------------------
     def _build(self, name: str, cfg: RunConfig) -> Variant:
@@ -250,6 +254,7 @@ class Trainer:
         contiguous = live == list(range(live[0], live[0] + n))
         self._stack_rows = slice(live[0], live[0] + n) if contiguous else torch.tensor(live, device=self.device)
         if self._step_graphs is not None:
+            self._stack.cache_w_norm = False
             self._step_graphs.reset()  # the graphs hold the old stack's buffers
 
     def _step_stacked(self, step: int, k: int) -> None:
@@ -267,7 +272,7 @@ class Trainer:
 
         if self._step_graphs is not None:
             (loss, act, wstats, hists), replayed = self._step_graphs.run(bool(due), compute, idx)
-            if self._step_graphs.error is not None and not self._step_graphs.enabled:
+            if not self._step_graphs.enabled:
                 self.log.add_notice(f"cuda graphs: capture failed ({self._step_graphs.error}); "
                                     "training on without them (slower, same numbers)")
                 self._step_graphs = None
@@ -300,8 +305,6 @@ class Trainer:
         """
         x_train, y_train = self._tensors[dataset][:2]
         stack = self._stack
-        if self._step_graphs is not None:
-            stack._w_norm = None  # a graph cannot use ||W|| cached by the host: it measures it
         x = x_train.flatten(1).index_select(0, idx)  # = x_train[idx], flattened (a copy of whole rows)
         loss, wstats = stack.step(x, y_train.index_select(0, idx), stats=self.probes)
         if not self.probes:
