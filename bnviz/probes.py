@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from bnviz.metrics import PERCENTILES
+from bnviz.row_stats import RowStats
 
 # Histogram bins evenly spaced on an asinh scale: fine near 0 (where BN keeps values)
 # and still resolving exploding nets up to +-HIST_LIMIT. Values beyond fall in the end bins.
@@ -72,23 +73,27 @@ def sort_rows(x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
 _INTERP: dict[tuple, tuple] = {}
 
 
-def _interp(n: int, qs: tuple[float, ...], device: torch.device, dtype: torch.dtype):
-    """Cached (lo, hi, frac) of numpy's 'linear' method for n values: x[lo] + (x[hi] - x[lo]) * frac.
+def _interp(rows: int, n: int, qs: tuple[float, ...], device: torch.device, dtype: torch.dtype):
+    """Cached (index, k, frac) of numpy's 'linear' method for ``rows`` rows of n values each.
 
-    On the CPU as numpy arrays (the interpolation then runs in numpy: same float ops, less overhead);
-    elsewhere as (lo and hi in one index tensor, number of percentiles, frac) on the device.
+    Percentile j of a sorted row is ``x[lo_j] + (x[hi_j] - x[lo_j]) * frac_j``. On the CPU the
+    index holds each row's lo then hi as flat positions in the (rows, n) array: one ``take``
+    serves every row (numpy's fancy indexing per axis costs several times more on rows this
+    small). Elsewhere it holds lo then hi along the last dim, for one ``index_select`` (on a
+    GPU each op costs a launch).
     """
-    key = (n, tuple(qs), device, dtype)
+    key = (rows, n, tuple(qs), device, dtype)
     got = _INTERP.get(key)
     if got is None:
         pos = torch.tensor([q / 100 * (n - 1) for q in qs], dtype=torch.float64)
         lo = pos.floor().long()
         hi = torch.clamp(lo + 1, max=n - 1)
-        frac = (pos - lo).to(dtype)
+        lo_hi, frac = torch.cat([lo, hi]), (pos - lo).to(dtype)
         if on_numpy(device, dtype):
-            got = (lo.numpy(), hi.numpy(), frac.numpy())
-        else:  # lo and hi as one index: one gather per call (on a GPU each op costs a launch)
-            got = (torch.cat([lo, hi]).to(device), len(qs), frac.to(device))
+            flat = (torch.arange(rows)[:, None] * n + lo_hi).numpy()
+            got = (flat, len(qs), frac.numpy())
+        else:
+            got = (lo_hi.to(device), len(qs), frac.to(device))
         _INTERP[key] = got
         if len(_INTERP) > 256:  # bounded: shapes of a server's sessions, not of every call
             _INTERP.pop(next(iter(_INTERP)))
@@ -97,15 +102,17 @@ def _interp(n: int, qs: tuple[float, ...], device: torch.device, dtype: torch.dt
 
 def sorted_percentiles(s: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
     """Percentiles of rows that are already sorted along the last dim. (..., n) -> (..., len(qs))."""
-    got = _interp(s.shape[-1], qs, s.device, s.dtype)
-    if isinstance(got[0], np.ndarray):
-        lo, hi, frac = got
-        a = s.detach().numpy()
-        a, b = a[..., lo], a[..., hi]
+    lead, n = s.shape[:-1], s.shape[-1]
+    rows = math.prod(lead)
+    index, k, frac = _interp(rows, n, qs, s.device, s.dtype)
+    if isinstance(index, np.ndarray):
+        ab = np.ascontiguousarray(s.detach().numpy()).reshape(-1).take(index)  # (rows, 2k)
+        a, b = ab[:, :k], ab[:, k:]
+        if np.isfinite(ab).all():  # (entering np.errstate costs more than this check)
+            return torch.from_numpy((a + (b - a) * frac).reshape(*lead, k))
         with np.errstate(invalid="ignore"):  # inf - inf in a diverging layer: NaN, as torch gives, silently
-            return torch.from_numpy(a + (b - a) * frac)
-    lo_hi, k, frac = got
-    ab = s.index_select(-1, lo_hi)
+            return torch.from_numpy((a + (b - a) * frac).reshape(*lead, k))
+    ab = s.index_select(-1, index)
     a, b = ab[..., :k], ab[..., k:]
     return a + (b - a) * frac
 
@@ -155,6 +162,7 @@ class LayerProbes:
         self.hooks = [Hook(b.preact, self._recorder(i)) for i, b in enumerate(blocks)]
         self._edges: torch.Tensor | None = None
         self._unit_index: tuple | None = None  # ((shape, device), flat positions of each layer's tracked unit)
+        self._row_stats: dict[tuple, RowStats] = {}  # CPU plans per (rows, n, dtype): the layers', the units'
 
     def _recorder(self, i: int):
         def record(_module, _inputs, output):
@@ -226,11 +234,20 @@ class LayerProbes:
                 self._sorted = [sort_rows(t) for t in self._flat_layers()]
         return self._sorted
 
-    def activation_stats(self) -> torch.Tensor:
-        """(L, 8): p15, p50, p85, mean, std of each layer's pre-activation, then the unit's p15..p85."""
+    def activation_stats(self, sort: bool = False) -> torch.Tensor:
+        """(L, 8): p15, p50, p85, mean, std of each layer's pre-activation, then the unit's p15..p85.
+
+        ``sort``: sort each layer's values, for ``histograms()`` to reuse; otherwise the CPU
+        path only selects the ranks the percentiles need (row_stats.py). The numbers are the
+        same either way.
+        """
         qs = PERCENTILES
         rows = self._rows()
         unit = self._unit_values()  # (before a sort in place)
+        if not isinstance(unit, torch.Tensor) and len({t.numel() for t in unit}) == 1:
+            unit = torch.stack(unit)
+        if rows is not None and isinstance(unit, torch.Tensor) and on_numpy(rows.device, rows.dtype):
+            return self._activation_stats_numpy(rows, unit, sort)
         if rows is not None:
             mean, std = moments(rows)
             layer_q = sorted_percentiles(self._layers_sorted(rows, inplace=self._consumable), qs)  # (L, 3)
@@ -238,11 +255,46 @@ class LayerProbes:
             layer_q = torch.stack([sorted_percentiles(t, qs) for t in self._layers_sorted(rows)])
             ms = [moments(t) for t in self._flat_layers()]
             mean, std = torch.stack([m for m, _ in ms]), torch.stack([d for _, d in ms])
-        if isinstance(unit, torch.Tensor) or len({t.numel() for t in unit}) == 1:
-            unit_q = percentiles(unit if isinstance(unit, torch.Tensor) else torch.stack(unit), qs)  # (L, 3)
+        if isinstance(unit, torch.Tensor):
+            unit_q = percentiles(unit, qs)  # (L, 3)
         else:
             unit_q = torch.stack([percentiles(t, qs) for t in unit])
         return torch.cat([layer_q, mean[:, None], std[:, None], unit_q], dim=1)
+
+    def _plan(self, rows: int, n: int, dtype: np.dtype) -> RowStats:
+        key = (rows, n, dtype)
+        got = self._row_stats.get(key)
+        if got is None:
+            if len(self._row_stats) > 8:  # a change of batch size or width: drop the old shapes
+                self._row_stats.clear()
+            got = self._row_stats[key] = RowStats(rows, n, PERCENTILES, dtype)
+        return got
+
+    def _activation_stats_numpy(self, rows: torch.Tensor, unit: torch.Tensor, sort: bool) -> torch.Tensor:
+        """activation_stats of equal-sized layers on the CPU, in numpy with preallocated buffers.
+
+        Everything here is a few microseconds of work on small arrays, where each torch op's
+        dispatch would cost as much as the work (this path was 370 us per paper-fig1 step in
+        torch ops, ~250 here, most of it the selection).
+        """
+        a = rows.numpy()
+        # rows made by stacking the hooked layers (self._stacked is None) are a fresh copy already
+        owned = self._stacked is None or self._consumable
+        if not (owned and a.flags.c_contiguous):
+            a = np.array(a, order="C")
+        plan = self._plan(*a.shape, a.dtype)
+        mean, std = plan.moments(a)  # before the selection reorders the rows
+        layer_q = plan.percentiles(a, sort)
+        if sort:
+            self._sorted = torch.from_numpy(a)
+        u = unit.numpy()  # a gather's or a stack's fresh copy: reordered in place
+        if not u.flags.c_contiguous:
+            u = np.array(u, order="C")
+        unit_q = self._plan(*u.shape, u.dtype).percentiles(u, sort=True)  # (a few dozen values: a sort is cheaper)
+        k = plan.k
+        out = np.empty((a.shape[0], ACT_STATS), dtype=a.dtype)
+        out[:, :k], out[:, k], out[:, k + 1], out[:, k + 2:] = layer_q, mean, std, unit_q
+        return torch.from_numpy(out)
 
     def histograms(self) -> torch.Tensor:
         """(L, HIST_BINS) fraction of each layer's values per bin (rows sum to 1)."""

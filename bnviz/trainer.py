@@ -312,7 +312,7 @@ class Trainer:
         probes = self._stack_probes
         # (L * V, N, C); step() is done with it, so the probes may reorder it
         probes.observe(stack.preacts.flatten(0, 1), consumable=True)
-        act = probes.activation_stats().view(stack.L, stack.V, -1)  # (L, V, 8)
+        act = probes.activation_stats(sort=hists).view(stack.L, stack.V, -1)  # (L, V, 8)
         return loss, act, wstats, probes.histograms().view(stack.L, stack.V, -1) if hists else None
 
     def _step_each(self, step: int, k: int) -> None:
@@ -340,8 +340,9 @@ class Trainer:
             loss = F.cross_entropy(v.model(x), y)
             loss.backward()
             with torch.no_grad():
-                act = v.probes.activation_stats()  # (L, 8)
-                if step % v.cfg.hist_every == 0:
+                hist_due = step % v.cfg.hist_every == 0
+                act = v.probes.activation_stats(sort=hist_due)  # (L, 8)
+                if hist_due:
                     self._hists[v.name].append((step, v.probes.histograms()))
             v.optimizer.step()
             with torch.no_grad():

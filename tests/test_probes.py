@@ -263,7 +263,7 @@ def test_hooks_are_gone_after_a_synchronous_run():
 def test_hooks_are_gone_after_a_run_interrupted_by_an_exception(monkeypatch):
     trainer = Trainer(_tiny())
 
-    def explode(self):
+    def explode(self, sort=False):
         raise RuntimeError("probe exploded")
 
     monkeypatch.setattr(LayerProbes, "activation_stats", explode)
@@ -278,11 +278,11 @@ def _failing_after(monkeypatch, calls_ok: int) -> None:
     original = LayerProbes.activation_stats
     calls = [0]
 
-    def flaky(self):
+    def flaky(self, sort=False):
         calls[0] += 1
         if calls[0] > calls_ok:
             raise RuntimeError("probe exploded\nwith a second line")
-        return original(self)
+        return original(self, sort)
 
     monkeypatch.setattr(LayerProbes, "activation_stats", flaky)
 

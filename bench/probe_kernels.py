@@ -1,0 +1,92 @@
+"""The CPU probe kernels on their own: ``python -m bench.probe_kernels [--rounds 15]``.
+
+Trains the paper-fig1 pair for 60 steps, keeps the last step's pre-activations (6 rows of
+6,000 floats: 3 layers x 2 variants) and times, interleaved round by round on one thread,
+what the probes do with them every step: the percentiles by a full sort and by selection
+(bnviz/row_stats.py), the moments, and the whole ``LayerProbes.activation_stats`` both
+ways. Prints the median per call and the ratio sort / select from the same rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import torch
+
+from bench.run import _fig1, _trainer
+
+
+def _preacts(steps: int = 60) -> torch.Tensor:
+    tr = _trainer(_fig1(), probes=True)
+    tr._begin()
+    try:
+        for _ in range(steps):
+            tr._step_all()
+        return tr._stack.preacts.flatten(0, 1).clone()  # (L * V, N, C)
+    finally:
+        tr._end("stopped")
+
+
+def measure(rounds: int = 15, calls: int = 100) -> dict[str, float]:
+    """Median microseconds per call of each kernel, and the sort / select ratios."""
+    from bnviz.probes import LayerProbes
+
+    torch.set_num_threads(1)
+    pre = _preacts()
+    rows = pre.flatten(1).numpy()
+    buf, scratch = pre.clone(), np.empty_like(rows)
+    probes = LayerProbes([], [0] * pre.shape[0])
+    plan = probes._plan(*rows.shape, rows.dtype)
+
+    def stats(sort: bool):
+        buf.copy_(pre)
+        probes.observe(buf, consumable=True)
+        return probes.activation_stats(sort=sort)
+
+    kernels = {
+        "copy of the rows (in both below)": lambda: np.copyto(scratch, rows),
+        "percentiles by sort": lambda: (np.copyto(scratch, rows), plan.percentiles(scratch, sort=True)),
+        "percentiles by selection": lambda: (np.copyto(scratch, rows), plan.percentiles(scratch, sort=False)),
+        "moments": lambda: plan.moments(rows),
+        "activation_stats, sorting": lambda: stats(True),
+        "activation_stats, selecting": lambda: stats(False),
+    }
+    times: dict[str, list[float]] = {k: [] for k in kernels}
+    for f in kernels.values():
+        f()
+    for _ in range(rounds):
+        for name, f in kernels.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                f()
+            times[name].append((time.perf_counter() - t0) / calls * 1e6)
+    out = {k: statistics.median(v) for k, v in times.items()}
+
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
+    out["percentiles: sort / selection"] = ratio("percentiles by sort", "percentiles by selection")
+    out["activation_stats: sorting / selecting"] = ratio("activation_stats, sorting", "activation_stats, selecting")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.probe_kernels", description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=15)
+    args = p.parse_args(argv)
+    for name, value in measure(args.rounds).items():
+        unit = "x" if "/" in name else "us"
+        print(f"{name:42s} {value:8.2f} {unit}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
