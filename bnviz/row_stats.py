@@ -44,28 +44,28 @@ def _partition_plan(pivots: list[int], start: int, stop: int) -> list[tuple[int,
 
 
 class RowStats:
-    """Percentiles (and, for the probes, mean and std) of ``rows`` float rows of ``n`` values."""
+    """Percentiles (and, for the probes, mean and std) of ``rows`` float rows of ``n`` values.
+
+    Non-finite values are handled as torch handles them (NaN sorts last, inf - inf is NaN),
+    silently: the methods run under one ``np.errstate`` each, which costs more than the
+    arithmetic on arrays this small.
+    """
 
     def __init__(self, rows: int, n: int, qs: tuple[float, ...], dtype: np.dtype):
         self.shape, self.k = (rows, n), len(qs)
         lo, hi, frac = _linear_ranks(n, qs)
         self.frac = frac.astype(dtype)
-        # sort path: lo then hi of every row as flat positions in the (rows, n) array: one take
-        self.sorted_index = (np.arange(rows)[:, None] * n + np.concatenate([lo, hi])).astype(np.intp)
-        # select path: partition at each distinct lo; a hi that is not itself a pivot is the
-        # minimum of the values after its lo, up to and including the next pivot
-        self.pivots = sorted(set(lo.tolist()))
-        self.plan = _partition_plan(self.pivots, 0, n)
-        self.pivot_of = {p: j for j, p in enumerate(self.pivots)}
-        self.hi_segments = []
-        for l, h in zip(lo.tolist(), hi.tolist()):
-            if h in self.pivot_of:  # (h == l at the top rank, or the next pivot)
-                self.hi_segments.append(None)
-            else:
-                nxt = [p for p in self.pivots if p > l]
-                self.hi_segments.append((l + 1, nxt[0] + 1 if nxt else n))
-        self.lo_columns = [self.pivot_of[l] for l in lo.tolist()]
-        self.hi_columns = [self.pivot_of.get(h) for h in hi.tolist()]
+        # every row's lo then hi ranks as flat positions in the (rows, n) array: one take
+        self.index = (np.arange(rows)[:, None] * n + np.concatenate([lo, hi])).astype(np.intp)
+        # selection: partition at each distinct lo; a hi that is not itself a pivot is the
+        # smallest value after its lo, up to and including the next pivot
+        pivots = sorted(set(lo.tolist()))
+        self.plan = _partition_plan(pivots, 0, n)
+        self.hi_segments = []  # (column of hi in the take, start, stop)
+        for j, (l, h) in enumerate(zip(lo.tolist(), hi.tolist())):
+            if h not in pivots:  # (h == l at the top rank, or h the next pivot: already in place)
+                nxt = [p for p in pivots if p > l]
+                self.hi_segments.append((self.k + j, l + 1, nxt[0] + 1 if nxt else n))
         self.scratch = np.empty((rows, n), dtype=dtype)
 
     def percentiles(self, a: np.ndarray, sort: bool) -> np.ndarray:
@@ -73,28 +73,24 @@ class RowStats:
 
         ``sort``: leave ``a`` sorted (for histograms); otherwise it is only partitioned.
         """
-        if sort:
-            a.sort(axis=1)
-            ab = a.reshape(-1).take(self.sorted_index)
+        with np.errstate(all="ignore"):
+            if sort:
+                a.sort(axis=1)
+                ab = a.reshape(-1).take(self.index)
+            else:
+                for start, stop, kth in self.plan:
+                    a[:, start:stop].partition(kth, axis=1)
+                ab = a.reshape(-1).take(self.index)
+                for col, start, stop in self.hi_segments:
+                    # fmin skips NaN as a sort puts NaN last: NaN only if the whole segment is NaN
+                    ab[:, col] = np.fmin.reduce(a[:, start:stop], axis=1)
             lo, hi = ab[:, : self.k], ab[:, self.k:]
-        else:
-            for start, stop, kth in self.plan:
-                a[:, start:stop].partition(kth, axis=1)
-            at_pivots = a[:, self.pivots]
-            lo = at_pivots[:, self.lo_columns]
-            hi = np.empty_like(lo)
-            for j, (col, seg) in enumerate(zip(self.hi_columns, self.hi_segments)):
-                # fmin ignores NaN as a sort puts NaN last: NaN only if the whole segment is NaN
-                hi[:, j] = at_pivots[:, col] if seg is None else np.fmin.reduce(a[:, seg[0]: seg[1]], axis=1)
-        if np.isfinite(lo).all() and np.isfinite(hi).all():  # (np.errstate costs more than this check)
-            return lo + (hi - lo) * self.frac
-        with np.errstate(invalid="ignore"):  # inf - inf in a diverging layer: NaN, as torch gives, silently
             return lo + (hi - lo) * self.frac
 
     def moments(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mean, population std) of each row, two-pass (as accurate as Welford, several times faster)."""
         n = a.dtype.type(a.shape[1])
-        with np.errstate(over="ignore", invalid="ignore"):  # a diverging layer: inf / NaN, as torch gives
+        with np.errstate(all="ignore"):
             mean = np.add.reduce(a, axis=1) / n
             dev = np.subtract(a, mean[:, None], out=self.scratch)
             np.multiply(dev, dev, out=dev)

@@ -8,11 +8,15 @@ crashed.
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
+import pytest
 import torch
 
 from bench import run
 
+ROOT = Path(__file__).resolve().parent.parent
 ROWS = ("train_speed_1t", "probe_overhead_1t", "train_speed_2t", "probe_overhead_2t", "fig1_wall",
         "fig1_wall_10k_test", "page_ms", "page_kb", "memory", "gpu")
 
@@ -31,3 +35,47 @@ def test_tiny_bench_produces_every_row(capsys, tmp_path):
         assert r["status"] in ("PASS", "MISS", "NOISY", "TODO"), (r["key"], r["status"], r["note"])
         assert r["measured"] and r["goal"]
         assert r["ratio"] is None or r["ratio"] > 0, r["key"]
+
+
+def test_probe_kernel_bench_times_both_ways_of_finding_the_percentiles(capsys):
+    from bench import probe_kernels
+
+    threads = torch.get_num_threads()
+    got = probe_kernels.measure(rounds=1, calls=1)
+    assert torch.get_num_threads() == threads
+    for name in ("percentiles by sort", "percentiles by selection", "moments",
+                 "activation_stats, sorting", "activation_stats, selecting"):
+        assert got[name] > 0, name
+    assert got["percentiles: sort / selection"] > 0
+    phases = probe_kernels.in_situ(rounds=1, steps=2)
+    assert torch.get_num_threads() == threads
+    assert phases["on"]["all"] > phases["on"]["activation stats"] > 0
+    assert phases["off"]["all"] > 0 and phases["off"]["activation stats"] == 0  # probes off: never called
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="needs the git checkout")
+def test_ab_bench_runs_a_commits_engine_beside_the_working_tree():
+    import sys
+
+    from bench import ab
+    from bnviz.trainer import Trainer
+
+    seen = {}
+    real = ab._trainer
+
+    def spy(pkg, probes):
+        seen[(pkg.__name__, probes)] = type(tr := real(pkg, probes))
+        return tr
+
+    ab._trainer = spy
+    try:
+        got = ab.measure("HEAD", rounds=1, steps=1)
+    finally:
+        ab._trainer = real
+    assert seen[("bnviz", True)] is Trainer
+    assert seen[("bnviz_base", True)] is not Trainer  # the commit's own engine, not the working tree's
+    assert seen[("bnviz_base", True)].__module__ == "bnviz_base.trainer"
+    assert not [m for m in sys.modules if m.startswith("bnviz_base")]  # unloaded again
+    for key in ("base on", "base off", "new on", "new off"):
+        assert got["cpu_us"][key] > 0 and got["wall_us"][key] > 0
+    assert got["new vs base, probes on (speed-up)"] > 0
