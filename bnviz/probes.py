@@ -273,9 +273,8 @@ class LayerProbes:
     def _activation_stats_numpy(self, rows: torch.Tensor, unit: torch.Tensor, sort: bool) -> torch.Tensor:
         """activation_stats of equal-sized layers on the CPU, in numpy with preallocated buffers.
 
-        Everything here is a few microseconds of work on small arrays, where each torch op's
-        dispatch would cost as much as the work (this path was 370 us per paper-fig1 step in
-        torch ops, ~250 here, most of it the selection).
+        Everything but the selection is a few microseconds of work on small arrays, where each
+        torch op's dispatch would cost as much as the work (``python -m bench.probe_kernels``).
         """
         a = rows.numpy()
         # rows made by stacking the hooked layers (self._stacked is None) are a fresh copy already
