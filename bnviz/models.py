@@ -419,11 +419,7 @@ class StackedMLP:
                 out0=scratch_v[v], out1=gg, out2=gb)
             grad_v[v].copy_(scratch_v[v])
 
-    # inference_mode rather than no_grad: no autograd bookkeeping (version counters of new
-    # tensors, view tracking) on each of the step's ~100 ops; 5-8% of a step (python -m bench.ab).
-    # The buffers made here are inference tensors; the in-place updates of the parameters
-    # (normal tensors) still bump their version counters.
-    @torch.inference_mode()
+    @torch.no_grad()
     def step(self, x: torch.Tensor, y: torch.Tensor, stats: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         V, L = self.V, self.L
         N = x.shape[0]
