@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from bnviz.metrics import PERCENTILES
-from bnviz.row_stats import RowStats
+from bnviz.row_stats import RowStats, interpolate, linear_index, linear_ranks
 
 # Histogram bins evenly spaced on an asinh scale: fine near 0 (where BN keeps values)
 # and still resolving exploding nets up to +-HIST_LIMIT. Values beyond fall in the end bins.
@@ -76,24 +76,19 @@ _INTERP: dict[tuple, tuple] = {}
 def _interp(rows: int, n: int, qs: tuple[float, ...], device: torch.device, dtype: torch.dtype):
     """Cached (index, k, frac) of numpy's 'linear' method for ``rows`` rows of n values each.
 
-    Percentile j of a sorted row is ``x[lo_j] + (x[hi_j] - x[lo_j]) * frac_j``. On the CPU the
-    index holds each row's lo then hi as flat positions in the (rows, n) array: one ``take``
-    serves every row (numpy's fancy indexing per axis costs several times more on rows this
-    small). Elsewhere it holds lo then hi along the last dim, for one ``index_select`` (on a
-    GPU each op costs a launch).
+    On the CPU, ``row_stats.linear_index``: flat positions for one numpy ``take``. Elsewhere
+    the lo then hi ranks along the last dim, for one ``index_select`` (on a GPU each op
+    costs a launch).
     """
     key = (rows, n, tuple(qs), device, dtype)
     got = _INTERP.get(key)
     if got is None:
-        pos = torch.tensor([q / 100 * (n - 1) for q in qs], dtype=torch.float64)
-        lo = pos.floor().long()
-        hi = torch.clamp(lo + 1, max=n - 1)
-        lo_hi, frac = torch.cat([lo, hi]), (pos - lo).to(dtype)
         if on_numpy(device, dtype):
-            flat = (torch.arange(rows)[:, None] * n + lo_hi).numpy()
-            got = (flat, len(qs), frac.numpy())
+            got = linear_index(rows, n, qs, torch.empty(0, dtype=dtype).numpy().dtype)
         else:
-            got = (lo_hi.to(device), len(qs), frac.to(device))
+            lo, hi, frac = linear_ranks(n, qs)
+            got = (torch.from_numpy(np.concatenate([lo, hi])).to(device), len(qs),
+                   torch.from_numpy(frac).to(device, dtype))
         _INTERP[key] = got
         if len(_INTERP) > 256:  # bounded: shapes of a server's sessions, not of every call
             _INTERP.pop(next(iter(_INTERP)))
@@ -103,15 +98,10 @@ def _interp(rows: int, n: int, qs: tuple[float, ...], device: torch.device, dtyp
 def sorted_percentiles(s: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
     """Percentiles of rows that are already sorted along the last dim. (..., n) -> (..., len(qs))."""
     lead, n = s.shape[:-1], s.shape[-1]
-    rows = math.prod(lead)
-    index, k, frac = _interp(rows, n, qs, s.device, s.dtype)
+    index, k, frac = _interp(math.prod(lead), n, qs, s.device, s.dtype)
     if isinstance(index, np.ndarray):
         ab = np.ascontiguousarray(s.detach().numpy()).reshape(-1).take(index)  # (rows, 2k)
-        a, b = ab[:, :k], ab[:, k:]
-        if np.isfinite(ab).all():  # (entering np.errstate costs more than this check)
-            return torch.from_numpy((a + (b - a) * frac).reshape(*lead, k))
-        with np.errstate(invalid="ignore"):  # inf - inf in a diverging layer: NaN, as torch gives, silently
-            return torch.from_numpy((a + (b - a) * frac).reshape(*lead, k))
+        return torch.from_numpy(interpolate(ab, k, frac).reshape(*lead, k))
     ab = s.index_select(-1, index)
     a, b = ab[..., :k], ab[..., k:]
     return a + (b - a) * frac

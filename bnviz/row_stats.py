@@ -22,11 +22,30 @@ from __future__ import annotations
 import numpy as np
 
 
-def _linear_ranks(n: int, qs: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def linear_ranks(n: int, qs: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(lo, hi, frac) of numpy's 'linear' method for n values: q = x[lo] + (x[hi] - x[lo]) * frac."""
     pos = np.array([q / 100 * (n - 1) for q in qs], dtype=np.float64)
     lo = np.floor(pos).astype(np.intp)
     return lo, np.minimum(lo + 1, n - 1), pos - lo
+
+
+def linear_index(rows: int, n: int, qs: tuple[float, ...], dtype) -> tuple[np.ndarray, int, np.ndarray]:
+    """(index, k, frac) for ``rows`` rows of n values: every row's lo then hi ranks as flat
+    positions in the (rows, n) array, so that one ``take`` reads them all (numpy's fancy
+    indexing per axis costs several times more on rows this small)."""
+    lo, hi, frac = linear_ranks(n, qs)
+    index = (np.arange(rows)[:, None] * n + np.concatenate([lo, hi])).astype(np.intp)
+    return index, len(qs), frac.astype(dtype)
+
+
+def interpolate(ab: np.ndarray, k: int, frac: np.ndarray) -> np.ndarray:
+    """(rows, k) percentiles from ``ab`` = each row's k lo values then its k hi values.
+
+    inf - inf in a diverging layer gives NaN, as torch gives, silently.
+    """
+    lo, hi = ab[:, :k], ab[:, k:]
+    with np.errstate(invalid="ignore"):
+        return lo + (hi - lo) * frac
 
 
 def _partition_plan(pivots: list[int], start: int, stop: int) -> list[tuple[int, int, int]]:
@@ -47,16 +66,14 @@ class RowStats:
     """Percentiles (and, for the probes, mean and std) of ``rows`` float rows of ``n`` values.
 
     Non-finite values are handled as torch handles them (NaN sorts last, inf - inf is NaN),
-    silently: the methods run under one ``np.errstate`` each, which costs more than the
-    arithmetic on arrays this small.
+    silently: each method enters ``np.errstate`` once (on arrays this small that costs more
+    than the arithmetic, so not once per operation).
     """
 
     def __init__(self, rows: int, n: int, qs: tuple[float, ...], dtype: np.dtype):
-        self.shape, self.k = (rows, n), len(qs)
-        lo, hi, frac = _linear_ranks(n, qs)
-        self.frac = frac.astype(dtype)
-        # every row's lo then hi ranks as flat positions in the (rows, n) array: one take
-        self.index = (np.arange(rows)[:, None] * n + np.concatenate([lo, hi])).astype(np.intp)
+        self.shape = (rows, n)
+        self.index, self.k, self.frac = linear_index(rows, n, qs, dtype)
+        lo, hi, _ = linear_ranks(n, qs)
         # selection: partition at each distinct lo; a hi that is not itself a pivot is the
         # smallest value after its lo, up to and including the next pivot
         pivots = sorted(set(lo.tolist()))
@@ -73,19 +90,17 @@ class RowStats:
 
         ``sort``: leave ``a`` sorted (for histograms); otherwise it is only partitioned.
         """
-        with np.errstate(all="ignore"):
-            if sort:
-                a.sort(axis=1)
-                ab = a.reshape(-1).take(self.index)
-            else:
-                for start, stop, kth in self.plan:
-                    a[:, start:stop].partition(kth, axis=1)
-                ab = a.reshape(-1).take(self.index)
-                for col, start, stop in self.hi_segments:
-                    # fmin skips NaN as a sort puts NaN last: NaN only if the whole segment is NaN
-                    ab[:, col] = np.fmin.reduce(a[:, start:stop], axis=1)
-            lo, hi = ab[:, : self.k], ab[:, self.k:]
-            return lo + (hi - lo) * self.frac
+        if sort:
+            a.sort(axis=1)
+        else:
+            for start, stop, kth in self.plan:
+                a[:, start:stop].partition(kth, axis=1)
+        ab = a.reshape(-1).take(self.index)
+        if not sort:
+            for col, start, stop in self.hi_segments:
+                # fmin skips NaN as a sort puts NaN last: NaN only if the whole segment is NaN
+                ab[:, col] = np.fmin.reduce(a[:, start:stop], axis=1)
+        return interpolate(ab, self.k, self.frac)
 
     def moments(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mean, population std) of each row, two-pass (as accurate as Welford, several times faster)."""
