@@ -24,9 +24,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch
-
-from bench.run import interleave
+from bench.run import interleave, torch_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 _IMPORT = re.compile(r"\b(from|import)\s+bnviz\b|\bbnviz\.(?=[a-z_])")
@@ -62,9 +60,7 @@ def measure(rev: str = "HEAD", rounds: int = 15, steps: int = 50) -> dict:
     import bnviz.presets
     import bnviz.trainer
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with tempfile.TemporaryDirectory(prefix="bnviz-ab-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bnviz-ab-") as tmp, torch_threads(1):
         try:
             base = load_base(rev, Path(tmp))
             trainers = {f"{name} {'on' if probes else 'off'}": _trainer(pkg, probes)
@@ -74,7 +70,6 @@ def measure(rev: str = "HEAD", rounds: int = 15, steps: int = 50) -> dict:
             for tr in trainers.values():
                 tr._end("stopped")
         finally:
-            torch.set_num_threads(threads)
             if tmp in sys.path:
                 sys.path.remove(tmp)
             for name in [m for m in sys.modules if m == "bnviz_base" or m.startswith("bnviz_base.")]:

@@ -27,7 +27,7 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
-from bench.run import _fig1, _trainer
+from bench.run import _fig1, _trainer, interleave, torch_threads
 
 
 def _preacts(steps: int = 60) -> torch.Tensor:
@@ -42,46 +42,31 @@ def _preacts(steps: int = 60) -> torch.Tensor:
 
 
 def measure(rounds: int = 15, calls: int = 100) -> dict[str, float]:
-    """Median microseconds per call of each kernel, and the sort / select ratios."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _measure(rounds, calls)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _measure(rounds: int, calls: int) -> dict[str, float]:
+    """Median microseconds per call of each kernel (wall time), and the sort / select ratios."""
     from bnviz.probes import LayerProbes
 
-    pre = _preacts()
-    rows = pre.flatten(1).numpy()
-    buf, scratch = pre.clone(), np.empty_like(rows)
-    probes = LayerProbes([], [0] * pre.shape[0])
-    plan = probes._plan(*rows.shape, rows.dtype)
+    with torch_threads(1):
+        pre = _preacts()
+        rows = pre.flatten(1).numpy()
+        buf, scratch = pre.clone(), np.empty_like(rows)
+        probes = LayerProbes([], [0] * pre.shape[0])
+        plan = probes._plan(*rows.shape, rows.dtype)
 
-    def stats(sort: bool):
-        buf.copy_(pre)
-        probes.observe(buf, consumable=True)
-        return probes.activation_stats(sort=sort)
+        def stats(sort: bool):
+            buf.copy_(pre)
+            probes.observe(buf, consumable=True)
+            return probes.activation_stats(sort=sort)
 
-    kernels = {
-        "copy of the rows (in both below)": lambda: np.copyto(scratch, rows),
-        "percentiles by sort": lambda: (np.copyto(scratch, rows), plan.percentiles(scratch, sort=True)),
-        "percentiles by selection": lambda: (np.copyto(scratch, rows), plan.percentiles(scratch, sort=False)),
-        "moments": lambda: plan.moments(rows),
-        "activation_stats, sorting": lambda: stats(True),
-        "activation_stats, selecting": lambda: stats(False),
-    }
-    times: dict[str, list[float]] = {k: [] for k in kernels}
-    for f in kernels.values():
-        f()
-    for _ in range(rounds):
-        for name, f in kernels.items():
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                f()
-            times[name].append((time.perf_counter() - t0) / calls * 1e6)
+        kernels = {
+            "copy of the rows (in both below)": lambda: np.copyto(scratch, rows),
+            "percentiles by sort": lambda: (np.copyto(scratch, rows), plan.percentiles(scratch, sort=True)),
+            "percentiles by selection": lambda: (np.copyto(scratch, rows), plan.percentiles(scratch, sort=False)),
+            "moments": lambda: plan.moments(rows),
+            "activation_stats, sorting": lambda: stats(True),
+            "activation_stats, selecting": lambda: stats(False),
+        }
+        wall, _ = interleave(kernels, chunk=calls, rounds=rounds, warmup=1)
+    times = {k: [t * 1e6 for t in v] for k, v in wall.items()}
     out = {k: statistics.median(v) for k, v in times.items()}
 
     def ratio(a: str, b: str) -> float:
@@ -98,29 +83,25 @@ PHASES = (("all", "trainer", "_step_all"), ("step + SGD", "stack", "step"), ("SG
 
 def in_situ(rounds: int = 20, steps: int = 50) -> dict[str, dict[str, float]]:
     """Thread CPU microseconds per lockstep of each phase, probes on and off, interleaved."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     spent: dict[str, collections.Counter] = {"on": collections.Counter(), "off": collections.Counter()}
     trainers = {}
-    try:
-        for tag in spent:
-            tr = _trainer(_fig1(), probes=tag == "on")
-            tr._begin()
-            for _ in range(30):
-                tr._step_all()
-            owners = {"trainer": tr, "stack": tr._stack, "probes": tr._stack_probes}
-            for phase, owner, method in PHASES:
-                if owners[owner] is not None:
-                    _time_calls(owners[owner], method, spent[tag], phase)
-            trainers[tag] = tr
-        for _ in range(rounds):
-            for tr in trainers.values():
-                for _ in range(steps):
+    with torch_threads(1):
+        try:
+            for tag in spent:
+                tr = _trainer(_fig1(), probes=tag == "on")
+                tr._begin()
+                for _ in range(30):
                     tr._step_all()
-    finally:
-        for tr in trainers.values():
-            tr._end("stopped")
-        torch.set_num_threads(threads)
+                owners = {"trainer": tr, "stack": tr._stack, "probes": tr._stack_probes}
+                for phase, owner, method in PHASES:
+                    if owners[owner] is not None:
+                        _time_calls(owners[owner], method, spent[tag], phase)
+                trainers[tag] = tr
+            # the wrapped methods keep the time; interleaving spreads the host's bursts over both
+            interleave({tag: tr._step_all for tag, tr in trainers.items()}, chunk=steps, rounds=rounds, warmup=0)
+        finally:
+            for tr in trainers.values():
+                tr._end("stopped")
     n = rounds * steps
     return {tag: {phase: spent[tag][phase] / n * 1e6 for phase, _, _ in PHASES} for tag in spent}
 

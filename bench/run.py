@@ -20,6 +20,7 @@ See docs/PERFORMANCE.md for the figures, the method and what each row means.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -31,7 +32,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -124,6 +125,17 @@ def rss_bytes() -> int:
     except OSError:
         pass
     return 0
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch at ``n`` intra-op threads inside the block, as it was after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def interleave(loops: dict[str, Callable[[], None]], chunk: int, rounds: int, warmup: int,
