@@ -21,10 +21,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bnviz import presets
 from bnviz.config import Comparison
 from bnviz.errors import BnvizError, ConfigError
+
+if TYPE_CHECKING:
+    from bnviz.runlog import RunSnapshot
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="seed (every variant)")
     run.add_argument("--out", required=True, help="output directory")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--jobs", default="auto", metavar="N",
+                     help="processes to train in (CPU): the variants of a run, or the values of a sweep, "
+                          "in parallel; 1 to 8, or auto (default: one per variant or value and core, for "
+                          "10,000 steps or more)")
     run.add_argument("--no-sweep", action="store_true", help="on a sweep preset: run the base comparison once")
     run.add_argument("--threshold", type=float,
                      help="sweeps: test accuracy a value must reach to count as stable "
@@ -88,20 +96,26 @@ def _out_dir(args) -> Path:
     return out
 
 
-def _run_sweep(args, comparison: Comparison, sweep: tuple[str, tuple]) -> int:
+def _run_sweep(args, comparison: Comparison, sweep: tuple[str, tuple], jobs: int | None) -> int:
+    import torch
     from tqdm import tqdm
 
+    from bnviz import parallel
     from bnviz.sweep import plan, run_sweep, to_html
 
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise ConfigError(f"--threshold: must be between 0 and 1, got {args.threshold!r}")
     field, values = sweep
     spec = (comparison, field, values)
-    plan(spec)  # bad input (an unknown field) fails here, before any output
+    runs = plan(spec)  # bad input (an unknown field) fails here, before any output
+    if jobs is None:
+        jobs = parallel.auto_jobs(len(runs), sum(max((c.steps for c in ok.values()), default=0) for _, ok, _ in runs),
+                                  comparison)
+    jobs = min(jobs, len(runs))
     out = _out_dir(args)
     (out / "config.json").write_text(comparison.to_json() + "\n", encoding="utf-8")
     bar = tqdm(total=1, unit="step", disable=args.quiet, file=sys.stderr, smoothing=0.1,
-               desc=f"{args.preset}: {field} sweep")
+               desc=f"{args.preset}: {field} sweep" + (f" ({jobs} processes)" if jobs > 1 else ""))
     last = [0]
 
     def progress(p) -> None:
@@ -111,7 +125,7 @@ def _run_sweep(args, comparison: Comparison, sweep: tuple[str, tuple]) -> int:
         last[0] = p.steps_done
 
     try:
-        result = run_sweep(spec, progress=progress)
+        result = run_sweep(spec, progress=progress, jobs=jobs, threads=max(1, torch.get_num_threads() // jobs))
     finally:
         bar.close()
     best = max((r["test_acc"] for r in result.rows if r["test_acc"] is not None), default=0.0)
@@ -132,36 +146,77 @@ def _run_sweep(args, comparison: Comparison, sweep: tuple[str, tuple]) -> int:
     return 0
 
 
-def _run(args) -> int:
+def _jobs(args) -> int | None:
+    """--jobs as a number, or None for auto."""
+    from bnviz import parallel
+
+    if args.jobs == "auto":
+        return None
+    try:
+        jobs = int(args.jobs)
+    except ValueError:
+        jobs = 0
+    if not 1 <= jobs <= parallel.MAX_JOBS:
+        raise ConfigError(f"--jobs: a whole number from 1 to {parallel.MAX_JOBS}, or auto; got {args.jobs!r}")
+    return jobs
+
+
+def _train(args, comparison: Comparison, jobs: int | None, out: Path) -> RunSnapshot:
+    """Train to the end, in this process or (--jobs) in several, with a progress bar; the final snapshot."""
+    import torch
     from tqdm import tqdm  # imported here: `presets` and bad input answer instantly
 
-    from bnviz.report import to_html
-    from bnviz.runlog import to_csv
+    from bnviz import parallel
     from bnviz.trainer import Trainer
 
-    comparison = _comparison(args)
-    sweep = _sweep_of(args)
-    if sweep is not None:
-        return _run_sweep(args, comparison, sweep)
-    out = _out_dir(args)
-    trainer = Trainer(comparison)
-    for notice in trainer.log.snapshot().notices:
-        print(f"bnviz: {notice}", file=sys.stderr)
+    total = max(c.steps for c in comparison.variants.values())
+    if jobs is None:
+        jobs = parallel.auto_jobs(len(comparison.variants), total, comparison)
+    jobs = min(jobs, len(comparison.variants))
+    shown: set[str] = set()
+
+    def notice(text: str) -> None:
+        if text not in shown:
+            shown.add(text)
+            print(f"bnviz: {text}", file=sys.stderr)
+
+    trainer = None
+    if jobs == 1:
+        trainer = Trainer(comparison)
+        for text in trainer.log.snapshot().notices:
+            notice(text)
     (out / "config.json").write_text(comparison.to_json() + "\n", encoding="utf-8")
-    bar = tqdm(total=trainer.total_steps, unit="step", disable=args.quiet, file=sys.stderr,
-               desc=" vs ".join(comparison.names), smoothing=0.1)
+    bar = tqdm(total=total, unit="step", disable=args.quiet, file=sys.stderr,
+               desc=" vs ".join(comparison.names) + (f" ({jobs} processes)" if jobs > 1 else ""), smoothing=0.1)
     last = [0]
 
     def progress(step: int) -> None:
-        if step - last[0] >= 50 or step == trainer.total_steps:
+        if step - last[0] >= 50 or step == total:
             bar.update(step - last[0])
             last[0] = step
 
     try:
-        trainer.run(progress=progress)
+        if trainer is not None:
+            trainer.run(progress=progress)
+            return trainer.log.snapshot()
+        # the cores this process would use, shared out: each group trains with its share
+        threads = max(1, torch.get_num_threads() // jobs)
+        return parallel.train_split(comparison, jobs, threads, progress, notice)
     finally:
         bar.close()
-    snap = trainer.log.snapshot()
+
+
+def _run(args) -> int:
+    from bnviz.report import to_html
+    from bnviz.runlog import to_csv
+
+    comparison = _comparison(args)
+    jobs = _jobs(args)
+    sweep = _sweep_of(args)
+    if sweep is not None:
+        return _run_sweep(args, comparison, sweep, jobs)
+    out = _out_dir(args)
+    snap = _train(args, comparison, jobs, out)
     (out / "metrics.csv").write_text(to_csv(snap), encoding="utf-8")
     title = f"bnviz: {args.preset}" if args.preset else "bnviz run"
     note = presets.get(args.preset).note if args.preset else None

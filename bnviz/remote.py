@@ -39,7 +39,8 @@ _context = None
 _context_lock = threading.Lock()
 
 
-def _mp_context():
+def worker_context():
+    """multiprocessing's forkserver context for bnviz's workers (one per process, made once)."""
     global _context
     with _context_lock:
         if _context is None:
@@ -100,7 +101,7 @@ class RemoteTrainer:
             if self._state in TERMINAL_STATES:
                 return False
             import torch
-            ctx = _mp_context()
+            ctx = worker_context()
             self._conn, child = ctx.Pipe()
             # The Trainer is built with this process's torch thread count, as in thread mode
             # (it shapes the float results of the datasets' preprocessing and the initial weights).

@@ -199,61 +199,84 @@ def plan(spec: SweepSpec, steps: int | None = None) -> list[tuple[Any, dict[str,
 
 def run_sweep(spec: SweepSpec, steps: int | None = None, progress: Callable[[Progress], None] | None = None,
               stop_event: threading.Event | None = None, on_rows: Callable[[list[dict]], None] | None = None,
-              ) -> SweepResult:
+              jobs: int = 1, threads: int = 1) -> SweepResult:
     """Train ``spec``'s comparison once per value, synchronously; see the module docstring.
 
     ``progress`` is called every few steps and after each value; ``on_rows`` with the rows of
-    each finished value. Setting ``stop_event`` ends the sweep within one training step; the
-    value in flight is dropped and the result is marked incomplete.
+    each finished value. Setting ``stop_event`` ends the sweep within one training step (with
+    ``jobs`` > 1: within a fraction of a second); the values in flight are dropped and the
+    result is marked incomplete. ``jobs`` > 1 trains that many values at once, each in a
+    child process with ``threads`` torch threads (bnviz/parallel.py): the same rows as one
+    process at that thread count.
     """
-    from bnviz.trainer import Trainer  # imported here: presets and the CLI's bad input stay fast
-
     comparison, name, values = _resolve(spec)
     runs = plan(spec, steps)
     result = SweepResult(name, values, comparison.names)
     totals = [max((c.steps for c in ok.values()), default=0) for _, ok, _ in runs]
-    steps_total, steps_before = sum(totals), 0
+    at = [0] * len(runs)  # steps done in each value's run
+    per_value: dict[int, list[dict]] = {}  # rows of the finished values
 
-    def report(done: int, in_run: int) -> None:
-        if progress is not None:
-            progress(Progress(done, len(runs), steps_before + in_run, steps_total))
-
-    report(0, 0)
-    for i, (value, ok, refused) in enumerate(runs):
+    def report(i: int, step: int, quiet: bool = False) -> None:
         if stop_event is not None and stop_event.is_set():
-            result.complete = False
-            break
-        rows: list[dict] = []
-        trainer = None
-        if ok:
-            try:
-                trainer = Trainer(Comparison(ok), **_fast_trainer_kwargs(Trainer))
-            except ConfigError as exc:  # e.g. batch_size larger than the training set
-                refused.update({n: str(exc) for n in ok})
-                ok = {}
-        if trainer is not None:
-            def on_step(step: int, _i=i) -> None:
-                if stop_event is not None and stop_event.is_set():
-                    raise _Stopped
-                if step % 25 == 0:
-                    report(_i, step)
-            try:
-                trainer.run(progress=on_step)
-            except _Stopped:
-                result.complete = False
-                break
-            rows.extend(_variant_rows(trainer, name, value))
-        for vname in comparison.names:  # keep the comparison's variant order
-            if vname in refused:
-                rows.append(_row(name, value, vname, "skipped", message=refused[vname]))
-        order = {n: k for k, n in enumerate(comparison.names)}
-        rows.sort(key=lambda r: order[r["variant"]])
-        result.rows.extend(rows)
+            raise _Stopped
+        at[i] = step
+        if progress is not None and not quiet:
+            progress(Progress(len(per_value), len(runs), sum(at), sum(totals)))
+
+    def finished(i: int, rows: list[dict]) -> None:
+        per_value[i] = rows
+        result.rows = [r for k in sorted(per_value) for r in per_value[k]]  # the sweep's order, whatever finished first
         if on_rows is not None:
             on_rows(rows)
-        steps_before += totals[i]
-        report(i + 1, 0)
+        report(i, totals[i])
+
+    report(0, 0)
+    try:
+        if jobs > 1:
+            from bnviz.parallel import run_in_processes
+
+            def on_message(i: int, kind: str, value) -> None:
+                if kind == "done":
+                    finished(i, value)
+                else:
+                    report(i, value)
+
+            run_in_processes([(_sweep_value, (name, value, ok, refused, comparison.names))
+                              for value, ok, refused in runs], jobs, threads, on_message,
+                             lambda i: f"the run with {name}={runs[i][0]!r}")
+        else:
+            for i, (value, ok, refused) in enumerate(runs):
+                # checks stop_event every step, calls progress every 25
+                step_report = (lambda kind, step, _i=i: report(_i, step, quiet=step % 25 != 0))
+                finished(i, _sweep_value(step_report, name, value, ok, refused, comparison.names))
+    except _Stopped:
+        result.complete = False
     return result
+
+
+def _sweep_value(report: Callable[[str, int], None], name: str, value: Any, ok: dict[str, RunConfig],
+                 refused: dict[str, str], names: list[str]) -> list[dict]:
+    """The rows of one value's run, in the comparison's variant order; ``report("progress", step)``
+    after every step. In the sweep's process, or in a child (``run_sweep(jobs=...)``)."""
+    from bnviz.trainer import Trainer  # imported here: presets and the CLI's bad input stay fast
+
+    refused = dict(refused)
+    rows: list[dict] = []
+    trainer = None
+    if ok:
+        try:
+            trainer = Trainer(Comparison(ok), **_fast_trainer_kwargs(Trainer))
+        except ConfigError as exc:  # e.g. batch_size larger than the training set
+            refused.update({n: str(exc) for n in ok})
+    if trainer is not None:
+        trainer.run(progress=lambda step: report("progress", step))
+        rows.extend(_variant_rows(trainer, name, value))
+    for vname in names:  # keep the comparison's variant order
+        if vname in refused:
+            rows.append(_row(name, value, vname, "skipped", message=refused[vname]))
+    order = {n: k for k, n in enumerate(names)}
+    rows.sort(key=lambda r: order[r["variant"]])
+    return rows
 
 
 def _fast_trainer_kwargs(trainer_cls) -> dict:

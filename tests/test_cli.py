@@ -97,12 +97,14 @@ def bad_inputs(tmp_path: Path, bad_json: Path) -> dict[str, tuple[list[str], tup
         "preset and config": (["run", "--preset", "quick-look", "--config", str(bad_json), "--out", out], ()),
         "no command": ([], ()),
         "bad --steps": (["run", "--preset", "quick-look", "--steps", "ten", "--out", out], ("--steps",)),
+        "no --jobs": (["run", "--preset", "quick-look", "--jobs", "0", "--out", out], ("--jobs", "1 to 8", "auto")),
+        "--jobs not a number": (["run", "--preset", "quick-look", "--jobs", "all", "--out", out], ("--jobs", "'all'")),
     }
 
 
 CASES = ["unknown preset", "unknown key", "bad value", "not a number", "unknown variant", "no key=value",
          "unreadable config", "config is a directory", "malformed JSON", "batch 1 with BN", "no source",
-         "preset and config", "no command", "bad --steps"]
+         "preset and config", "no command", "bad --steps", "no --jobs", "--jobs not a number"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -189,6 +191,16 @@ def test_rerun_from_config_json_gives_the_same_metrics(fig1_run, tmp_path, capsy
     assert (again / "config.json").read_text() == (first / "config.json").read_text()
     assert (again / "metrics.csv").read_text() == (first / "metrics.csv").read_text()
     assert (again / "report.html").is_file()
+
+
+def test_jobs_2_trains_the_variants_in_two_processes_and_writes_the_same_metrics(fig1_run, tmp_path):
+    # bnviz() runs at one torch thread, as each of the two processes does: the same numbers
+    _, first = fig1_run
+    proc = bnviz("run", *FIG1_SHORT, "--jobs", "2", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 0, proc.stderr
+    assert "(2 processes)" in proc.stderr  # the progress bar says so
+    assert (tmp_path / "o" / "metrics.csv").read_text() == (first / "metrics.csv").read_text()
+    assert "plain: finished at step 200" in proc.stdout and "bn: finished at step 200" in proc.stdout
 
 
 def test_config_rerun_accepts_overrides(fig1_run, tmp_path, capsys):
