@@ -1,18 +1,20 @@
-"""A comparison's variants trained in parallel processes, merged into one snapshot.
+"""Independent trainings in parallel processes: a comparison's variants, a sweep's values.
 
-    >>> snap = train_split(presets.get("paper-fig1").comparison(), jobs=2)
+    >>> snap = train_split(presets.get("paper-fig1").comparison(), jobs=2)   # one variant per process
+    >>> run_sweep(spec, jobs=4, threads=1)                                    # bnviz/sweep.py
 
-Why it is worth it: on the CPU a variant trains the same numbers, bit for bit, whichever
+Why it is sound: on the CPU a variant trains the same numbers, bit for bit, whichever
 companions it is trained with (tests/test_fast_path.py), so the variants of a comparison can
 train in separate processes, one core each, and the merged record is the one a single
-process would have written at the same torch thread count. On two idle cores the paper's
-plain-vs-BN pair then trains ~1.5x faster in wall time (the BN variant alone costs ~2/3 of
-the stacked pair: ``python -m bench --only fig1``, docs/PERFORMANCE.md). The live app does
-not use this: on a class server every core already has a student's run.
+process would have written at the same torch thread count (a sweep's values never depended
+on each other). Why it is worth it: the whole paper-fig1 on two cores took 96 s in two
+processes against 126 s in one at one thread and 108 s in one at two threads (the BN
+variant alone costs ~2/3 of the pair: docs/PERFORMANCE.md, step 9). The live app does not
+use this: on a class server every core already trains a student's run.
 
 Numbers depend on the torch thread count a process trains with (batch norm's reductions
-split over threads), so each group trains with ``threads`` threads and the same comparison
-at the same ``threads`` gives the same numbers in one process or in several.
+split over threads), so each child trains with ``threads`` threads and the same work at the
+same ``threads`` gives the same numbers in one process or in several.
 """
 
 from __future__ import annotations

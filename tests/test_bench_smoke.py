@@ -18,7 +18,7 @@ from bench import run
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = ("train_speed_1t", "probe_overhead_1t", "train_speed_2t", "probe_overhead_2t", "fig1_wall",
-        "fig1_wall_10k_test", "page_ms", "page_kb", "memory", "gpu")
+        "fig1_wall_10k_test", "fig1_wall_2proc", "page_ms", "page_kb", "memory", "gpu")
 
 
 def test_tiny_bench_produces_every_row(capsys, tmp_path):
