@@ -12,6 +12,8 @@ browser as compact typed arrays). Charts are built as plain dicts on cached subp
 
 from __future__ import annotations
 
+import base64
+import contextvars
 import copy
 import functools
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
+from plotly.basedatatypes import BaseFigure
 from plotly.subplots import make_subplots
 
 from bnviz.metrics import LABELS
@@ -157,9 +160,94 @@ class _Canvas:
         self.layout["template"] = _template()
         if hovermode is not None:
             self.layout["hovermode"] = hovermode
+        if _FOR_PAGE.get():
+            spec = {"data": self.data, "layout": self.layout}
+            _typed_arrays(spec)
+            return PageFigure(spec)
         fig = go.Figure(data=self.data, layout=self.layout, _validate=False)
         fig._grid_ref, fig._grid_str = self.grid  # so fig.add_trace(row=, col=) / select_traces work as usual
         return fig
+
+
+# The live page ------------------------------------------------------------------------
+# st.plotly_chart turns a figure into JSON by fig.to_dict() (a deep copy of plotly's objects,
+# then every numpy array to a base64 typed array, through narwhals for each) and nothing else
+# (plotly.tools.return_figure_from_figure_or_data). For the page's dozen charts per refresh
+# that, and building the go.Figure first, was ~80% of the server's time per refresh. Within
+# for_page() a canvas hands over its dicts as they are, arrays already typed: the same JSON
+# (tests/test_figures.py), ~4x less server time (docs/PERFORMANCE.md, step 10).
+_FOR_PAGE: contextvars.ContextVar[bool] = contextvars.ContextVar("bnviz_for_page", default=False)
+
+
+class PageFigure(BaseFigure):
+    """A finished chart as st.plotly_chart takes it: ``to_dict()`` is the dict that
+    ``go.Figure(...).to_dict()`` would return, made without plotly's object model.
+
+    Only what the page needs works (``to_dict``, ``to_json``); for anything else (traces,
+    layout, ``to_html``) build the go.Figure (call the builder outside ``for_page``).
+    """
+
+    def __init__(self, spec: dict):  # not BaseFigure.__init__: that builds the object model this skips
+        self._spec = spec
+
+    def to_dict(self) -> dict:
+        return self._spec
+
+    def to_json(self, *args, **kwargs) -> str:
+        return pio.to_json(self._spec, *args, validate=False, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"PageFigure({len(self._spec['data'])} traces)"
+
+
+def for_page(build: Callable[..., go.Figure], *args, **kwargs) -> go.Figure | PageFigure:
+    """``build(*args, **kwargs)`` for st.plotly_chart: a PageFigure where the chart is drawn on a
+    canvas (every live chart), else what ``build`` returns."""
+    token = _FOR_PAGE.set(True)
+    try:
+        return build(*args, **kwargs)
+    finally:
+        _FOR_PAGE.reset(token)
+
+
+# plotly.js typed-array codes of numpy dtypes (plotly's own table, _plotly_utils.utils)
+_TYPED = {"int8": "i1", "uint8": "u1", "int16": "i2", "uint16": "u2", "int32": "i4", "uint32": "u4",
+          "float32": "f4", "float64": "f8"}
+_UNTYPED_KEYS = ("geojson", "layer", "layers", "range")  # where plotly leaves arrays as they are
+
+
+def _typed_arrays(obj) -> None:
+    """Every numpy array in ``obj`` (nested dicts and lists) to plotly.js's typed-array spec, in
+    place: what plotly's convert_to_base64 does in to_dict(), for the arrays bnviz draws."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if key in _UNTYPED_KEYS:
+                continue
+            if isinstance(value, np.ndarray):
+                obj[key] = _typed_array(value)
+            else:
+                _typed_arrays(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            _typed_arrays(value)
+
+
+def _typed_array(v: np.ndarray):
+    if v.size == 0:
+        return v
+    if v.dtype == np.int64:  # plotly.js has no 64-bit ints: the smallest that holds them, as plotly does
+        lo, hi = v.min(), v.max()
+        fits = [t for t in (np.int8, np.int16, np.int32) if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max]
+        if not fits:
+            return v
+        v = v.astype(fits[0])
+    code = _TYPED.get(str(v.dtype))
+    if code is None:
+        return v
+    spec = {"dtype": code, "bdata": base64.b64encode(np.ascontiguousarray(v)).decode("ascii")}
+    if v.ndim > 1:
+        spec["shape"] = str(v.shape)[1:-1]
+    return spec
 
 
 def _mark_events(canvas: _Canvas, snap: RunSnapshot, rows: int, cols: int, only: str | None = None) -> None:

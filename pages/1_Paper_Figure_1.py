@@ -7,7 +7,7 @@ from bnviz import presets
 from bnviz.claims import figure1_table
 from bnviz.figures import paper_figure1
 from bnviz.live import session_lab
-from ui.common import live_fragment, run_controls_ui
+from ui.common import chart, live_fragment, run_controls_ui
 
 PRESET = presets.get("paper-fig1")
 STEP_CHOICES = {"5,000 (a minute or two)": 5_000, "20,000": 20_000, "50,000 (the paper's length)": 50_000}
@@ -42,7 +42,7 @@ with right:
 
 
 def draw(snap) -> None:  # runs inside `left`, in the live fragment
-    st.plotly_chart(paper_figure1(snap), key="fig1.chart", width="stretch", config={"displaylogo": False})
+    chart(paper_figure1, snap, "fig1.chart")
     st.caption("(a) test accuracy every evaluation; (b, c) the 15th, 50th and 85th percentile of the input "
                "to one tracked sigmoid of the last hidden layer, over the batch, at every step.")
     st.subheader("Measured")

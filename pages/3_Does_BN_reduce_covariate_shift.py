@@ -7,7 +7,7 @@ import streamlit as st
 from bnviz import presets
 from bnviz.figures import ics_figure, loss_accuracy, shift_scores, smoothness_figure
 from bnviz.live import session_lab
-from ui.common import live_fragment, run_controls_ui
+from ui.common import chart, live_fragment, run_controls_ui
 
 PRESET = presets.get("ics-measure")
 
@@ -46,16 +46,16 @@ run_controls_ui(lab, "ics")
 
 
 def draw(snap) -> None:
-    st.plotly_chart(loss_accuracy(snap), key="ics.loss", width="stretch", config={"displaylogo": False})
+    chart(loss_accuracy, snap, "ics.loss")
     st.caption("Does noisy BN train like BN, or like the plain net?")
-    st.plotly_chart(shift_scores(snap), key="ics.shift", width="stretch", config={"displaylogo": False})
+    chart(shift_scores, snap, "ics.shift")
     st.caption("How far each layer's input distribution moved over the last histograms: the 2015 notion of "
                "covariate shift. Noisy BN's distributions move the most, by design.")
-    st.plotly_chart(ics_figure(snap), key="ics.ics", width="stretch", config={"displaylogo": False})
+    chart(ics_figure, snap, "ics.ics")
     st.caption("Santurkar et al.'s measure: G is a layer's weight gradient, G' the same after the layers "
                "before it took their step. Large ||G − G'|| and small cos(G, G') mean large shift. Layer 1 has "
                "no layers before it (no shift by definition), so it has no panel.")
-    st.plotly_chart(smoothness_figure(snap), key="ics.smooth", width="stretch", config={"displaylogo": False})
+    chart(smoothness_figure, snap, "ics.smooth")
     st.caption("Along the gradient direction, steps of 0.5 to 4 times the learning rate: how much the loss "
                "varies, how much the gradient changes (smaller = more predictive), and the largest change of "
                "the gradient per unit of distance (effective β-smoothness). Lower is smoother.")

@@ -270,3 +270,56 @@ def test_a_shallow_net_shows_every_layer_without_a_note(calm):
     fig = percentile_bands(calm)
     assert {a.text for a in fig.layout.annotations} >= set(LAYERS)
     assert " · " not in fig.layout.title.text  # no "k of n layers" note
+
+
+# --------------------------------------------------------------------------- the live page's JSON
+
+@pytest.fixture(scope="module")
+def long_run() -> RunSnapshot:
+    """100,000 recorded steps (the bench's synthetic log): curves thinned, heatmaps capped."""
+    from bench import synth
+    return synth.fill(100_000).snapshot()
+
+
+@pytest.fixture(scope="module")
+def landscape() -> RunSnapshot:
+    """plain and bn with Santurkar's probes (ics-measure's figures)."""
+    trainer = Trainer(Comparison.from_flat(["variants=plain,bn", "bn.norm=batch", "dataset=spiral", "width=16",
+                                            "depth=3", "steps=20", "eval_every=10", "hist_every=5",
+                                            "landscape_every=5"]))
+    trainer.run()
+    return trainer.log.snapshot()
+
+
+def sent_to_the_browser(fig) -> dict:
+    """What st.plotly_chart makes of a figure: plotly's dict of it, then its JSON (streamlit's
+    elements/plotly_chart.py), read back."""
+    from plotly import tools
+    import plotly.io as pio
+    import json
+    return json.loads(pio.to_json(tools.return_figure_from_figure_or_data(fig, validate_figure=True), validate=False))
+
+
+PAGE_CASES = (
+    [(name, spec.build) for name in ("snap", "calm_with_lr_change", "empty", "deep", "long_run") for spec in FIGURES]
+    + [(name, paper_figure1) for name in ("snap", "calm_with_lr_change", "empty", "long_run")]
+    + [("landscape", build) for build in (figures.ics_figure, figures.smoothness_figure, figures.depth_growth)]
+)
+
+
+@pytest.mark.parametrize("which, build", PAGE_CASES,
+                         ids=[f"{w}-{getattr(b, '__name__', 'spec')}-{i}" for i, (w, b) in enumerate(PAGE_CASES)])
+def test_the_live_page_sends_the_json_of_the_plotly_figure(which, build, request, calm):
+    snapshot = (dataclasses.replace(calm, events=[Event(30, None, "lr → 0.05")]) if which == "calm_with_lr_change"
+                else request.getfixturevalue(which))
+    page = figures.for_page(build, snapshot)
+    assert isinstance(page, figures.PageFigure)
+    assert sent_to_the_browser(page) == sent_to_the_browser(build(snapshot))
+    assert isinstance(build(snapshot), go.Figure)  # outside for_page: the full plotly figure, as before
+
+
+def test_page_figures_carry_numpy_arrays_as_typed_arrays(calm):
+    page = figures.for_page(percentile_bands, calm).to_dict()
+    x = page["data"][0]["x"]
+    assert set(x) == {"dtype", "bdata"} and x["dtype"] in ("i1", "i2", "i4")  # steps: the smallest int type
+    assert page["data"][0]["y"]["dtype"] == "f4"

@@ -1,4 +1,4 @@
-"""Pieces every page shares: run controls, the status line, and the live fragment."""
+"""Pieces every page shares: run controls, the status line, live charts and the live fragment."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Callable
 import streamlit as st
 
 from bnviz.errors import BnvizError
+from bnviz.figures import for_page
 from bnviz.live import Lab
 from bnviz.pacing import MIN_S, PACER
 from bnviz.runlog import RunSnapshot
@@ -35,6 +36,12 @@ def _guard(action, prefix: str) -> None:
         action()
     except BnvizError as exc:
         st.session_state[f"{prefix}.action_error"] = str(exc)
+
+
+def chart(build: Callable[[RunSnapshot], object], snap: RunSnapshot, key: str) -> None:
+    """One live chart, full width; built for the page (figures.for_page: the same JSON, a
+    fraction of the server's time per refresh)."""
+    st.plotly_chart(for_page(build, snap), key=key, width="stretch", config={"displaylogo": False})
 
 
 def status_ui(lab: Lab, snap: RunSnapshot | None) -> None:

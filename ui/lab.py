@@ -35,7 +35,7 @@ from bnviz.live import SPEEDS, Lab, session_lab
 from bnviz.report import to_html
 from bnviz.runlog import to_csv
 from bnviz.trainer import resolve_device
-from ui.common import live_fragment, run_controls_ui
+from ui.common import chart, live_fragment, run_controls_ui
 
 LR_GRID = [round(m * 10.0 ** e, 6) for e in range(-4, 2) for m in (1, 2, 5)] + [100.0]
 # Short enough for a variant's row in the sidebar (normalization beside its placement).
@@ -292,8 +292,7 @@ def live_ui(lab: Lab) -> None:
             # full run re-reads the Lab, so the widgets and the share link follow it.
             st.rerun(scope="app")
         for spec in specs:
-            st.plotly_chart(spec.build(snap), key=f"lab.chart.{spec.key}", width="stretch",
-                            config={"displaylogo": False})
+            chart(spec.build, snap, f"lab.chart.{spec.key}")
             st.caption(spec.caption)
 
     live_fragment(lab, draw)
