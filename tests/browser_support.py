@@ -431,10 +431,14 @@ def count_runs(page: Page) -> None:
     """Start counting finished script runs (full or fragment) in window.__bnvizRuns."""
     page.evaluate("""() => {
         window.__bnvizRuns = 0;
+        window.__bnvizStates = [];  // [ms since counting began, state]: what a timeout reports
+        const t0 = performance.now();
         if (window.__bnvizObserver) window.__bnvizObserver.disconnect();
         const app = document.querySelector("[data-testid='stApp']");
         window.__bnvizObserver = new MutationObserver(() => {
-            if (app.getAttribute('data-test-script-state') === 'notRunning') window.__bnvizRuns += 1; });
+            const state = app.getAttribute('data-test-script-state');
+            window.__bnvizStates.push([Math.round(performance.now() - t0), state]);
+            if (state === 'notRunning') window.__bnvizRuns += 1; });
         window.__bnvizObserver.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
     }""")
 
@@ -454,5 +458,12 @@ def rerun(page: Page) -> None:
     count_runs(page)
     combo.click()
     page.get_by_role("option", name=target, exact=True).click()
-    page.wait_for_function("() => window.__bnvizRuns > 0", timeout=UI_TIMEOUT_MS)
+    try:
+        page.wait_for_function("() => window.__bnvizRuns > 0", timeout=UI_TIMEOUT_MS)
+    except PlaywrightError:
+        seen = page.evaluate("""() => [window.__bnvizStates, document.querySelector("[data-testid='stApp']")
+                                       .getAttribute('data-test-script-state')]""")
+        raise AssertionError(f"no script run finished after choosing {target!r} in 'Add a variant' "
+                             f"(now {combo.input_value()!r}); script states seen [ms, state]: {seen[0]}, "
+                             f"now {seen[1]!r}") from None
     wait_idle(page)
