@@ -389,13 +389,19 @@ def measure_fig1_split(s: Settings, jobs: int = 2) -> dict:
             "wall_50k_s": wall_full, "extrapolated": s.fig1_steps is not None, "test_acc": acc}
 
 
+def _fig1_note(r: dict, setup: str) -> str:
+    """How a paper-fig1 row was measured: whole run or extrapolated, ``setup``, final accuracies."""
+    how = f"extrapolated from {r['steps']:,} steps" if r["extrapolated"] else "measured, whole run"
+    acc = ", ".join(f"{k} {v:.3f}" for k, v in r["test_acc"].items())
+    return f"{how}, {setup}; final test accuracy {acc}"
+
+
 def fig1_rows(s: Settings, device: str = "cpu") -> list[Row]:
     rows = _fig1_one_process_rows(s, device)
     if device == "cpu":
         r = measure_fig1_split(s)
-        how = (f"extrapolated from {r['steps']:,} steps" if r["extrapolated"] else "measured, whole run") + \
-            f", 2 processes of 1 torch thread on {r['cores']} core(s), start-up {r['start_s']:.1f} s; the same numbers " \
-            f"as one process at 1 thread; final test accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in r["test_acc"].items())
+        how = _fig1_note(r, f"2 processes of 1 torch thread on {r['cores']} core(s), start-up {r['start_s']:.1f} s; "
+                            "the same numbers as one process at 1 thread")
         rows.append(Row("fig1_wall_2proc", "3. same, variants in 2 processes (--jobs 2)", f"{r['wall_50k_s']:.1f} s",
                         f"<= {GOAL_FIG1_S:g} s", r["wall_50k_s"] / GOAL_FIG1_S,
                         "PASS" if r["wall_50k_s"] <= GOAL_FIG1_S else "MISS", how, r))
@@ -404,9 +410,8 @@ def fig1_rows(s: Settings, device: str = "cpu") -> list[Row]:
 
 def _fig1_one_process_rows(s: Settings, device: str) -> list[Row]:
     r = measure_fig1(s, device)
-    how = (f"extrapolated from {r['steps']:,} steps" if r["extrapolated"] else "measured, whole run") + \
-        f", {device}, {r['threads']} torch thread(s), mnist-mini (1,000 test images); cpu {r['cpu_50k_s']:.1f} s; " \
-        f"final test accuracy " + ", ".join(f"{k} {v:.3f}" for k, v in r["test_acc"].items())
+    how = _fig1_note(r, f"{device}, {r['threads']} torch thread(s), mnist-mini (1,000 test images); "
+                        f"cpu {r['cpu_50k_s']:.1f} s")
     return [
         Row("fig1_wall", "3. paper-fig1 2 x 50,000 steps, wall time", f"{r['wall_50k_s']:.1f} s",
             f"<= {GOAL_FIG1_S:g} s", r["wall_50k_s"] / GOAL_FIG1_S,

@@ -97,11 +97,10 @@ def _out_dir(args) -> Path:
 
 
 def _run_sweep(args, comparison: Comparison, sweep: tuple[str, tuple], jobs: int | None) -> int:
-    import torch
     from tqdm import tqdm
 
     from bnviz import parallel
-    from bnviz.sweep import plan, run_sweep, to_html
+    from bnviz.sweep import plan, run_lengths, run_sweep, to_html
 
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise ConfigError(f"--threshold: must be between 0 and 1, got {args.threshold!r}")
@@ -109,8 +108,7 @@ def _run_sweep(args, comparison: Comparison, sweep: tuple[str, tuple], jobs: int
     spec = (comparison, field, values)
     runs = plan(spec)  # bad input (an unknown field) fails here, before any output
     if jobs is None:
-        jobs = parallel.auto_jobs(len(runs), sum(max((c.steps for c in ok.values()), default=0) for _, ok, _ in runs),
-                                  comparison)
+        jobs = parallel.auto_jobs(len(runs), sum(run_lengths(runs)), comparison)
     jobs = min(jobs, len(runs))
     out = _out_dir(args)
     (out / "config.json").write_text(comparison.to_json() + "\n", encoding="utf-8")
@@ -125,7 +123,7 @@ def _run_sweep(args, comparison: Comparison, sweep: tuple[str, tuple], jobs: int
         last[0] = p.steps_done
 
     try:
-        result = run_sweep(spec, progress=progress, jobs=jobs, threads=max(1, torch.get_num_threads() // jobs))
+        result = run_sweep(spec, progress=progress, jobs=jobs, threads=parallel.threads_each(jobs))
     finally:
         bar.close()
     best = max((r["test_acc"] for r in result.rows if r["test_acc"] is not None), default=0.0)
@@ -163,13 +161,12 @@ def _jobs(args) -> int | None:
 
 def _train(args, comparison: Comparison, jobs: int | None, out: Path) -> RunSnapshot:
     """Train to the end, in this process or (--jobs) in several, with a progress bar; the final snapshot."""
-    import torch
     from tqdm import tqdm  # imported here: `presets` and bad input answer instantly
 
     from bnviz import parallel
     from bnviz.trainer import Trainer
 
-    total = max(c.steps for c in comparison.variants.values())
+    total = comparison.steps
     if jobs is None:
         jobs = parallel.auto_jobs(len(comparison.variants), total, comparison)
     jobs = min(jobs, len(comparison.variants))
@@ -199,9 +196,7 @@ def _train(args, comparison: Comparison, jobs: int | None, out: Path) -> RunSnap
         if trainer is not None:
             trainer.run(progress=progress)
             return trainer.log.snapshot()
-        # the cores this process would use, shared out: each group trains with its share
-        threads = max(1, torch.get_num_threads() // jobs)
-        return parallel.train_split(comparison, jobs, threads, progress, notice)
+        return parallel.train_split(comparison, jobs, parallel.threads_each(jobs), progress, notice)
     finally:
         bar.close()
 

@@ -237,6 +237,11 @@ class Comparison:
     def names(self) -> list[str]:
         return list(self.variants)
 
+    @property
+    def steps(self) -> int:
+        """Steps of the longest variant: the run's length."""
+        return max(c.steps for c in self.variants.values())
+
     def with_all(self, **changes: Any) -> "Comparison":
         """The same comparison with ``changes`` applied to every variant."""
         return Comparison({n: c.replace(**changes) for n, c in self.variants.items()})

@@ -15,3 +15,9 @@ class ConfigError(BnvizError, ValueError):
 
 class DataError(BnvizError):
     """A dataset could not be loaded (and no fallback applied)."""
+
+
+def training_failure(exc: BaseException) -> str:
+    """The one line a run that raised ends with: 'training failed: Type: first line', <= 300 chars."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"training failed: {type(exc).__name__}: {first}"[:300]

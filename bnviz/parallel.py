@@ -25,9 +25,10 @@ from multiprocessing.connection import wait
 from typing import Callable
 
 from bnviz.config import Comparison
-from bnviz.errors import BnvizError
+from bnviz.errors import BnvizError, training_failure
 from bnviz.runlog import RunSnapshot
 
+PROCESS_NAME = "bnviz-job"  # the children's name (multiprocessing.active_children())
 PROGRESS_EVERY_S = 0.2  # a child reports its step count at most this often
 MAX_JOBS = 8  # as many as a comparison has variants at most
 # Child processes take a few seconds to start (the forkserver imports torch, each child loads
@@ -53,6 +54,13 @@ def auto_jobs(tasks: int, steps: int, comparison: Comparison) -> int:
     if steps < AUTO_MIN_STEPS or any(resolve_device(c.device)[0].type != "cpu" for c in comparison.variants.values()):
         return 1
     return max(1, min(tasks, available_cores()))
+
+
+def threads_each(jobs: int) -> int:
+    """The torch threads this process would use, shared out among ``jobs`` children."""
+    import torch
+
+    return max(1, torch.get_num_threads() // jobs)
 
 
 def split(comparison: Comparison, jobs: int) -> list[Comparison]:
@@ -91,7 +99,7 @@ def train_split(comparison: Comparison, jobs: int, threads: int = 1,
     """
     groups = split(comparison, jobs)
     steps = [0] * len(groups)
-    total = max(c.steps for c in comparison.variants.values())
+    total = comparison.steps
 
     def on_message(i: int, kind: str, value) -> None:
         if kind == "notice":
@@ -183,9 +191,6 @@ def run_in_processes(tasks: list[Task], jobs: int, threads: int,
                 p.join()
 
 
-PROCESS_NAME = "bnviz-job"
-
-
 def _child(conn, threads: int, fn: Callable, args: tuple) -> None:
     import torch
 
@@ -206,10 +211,9 @@ def _child(conn, threads: int, fn: Callable, args: tuple) -> None:
     except (BrokenPipeError, EOFError, OSError, KeyboardInterrupt):
         pass  # the parent stopped waiting, or Ctrl-C reached the whole process group: the parent reports it
     except Exception as exc:  # noqa: BLE001 -- one line for the parent to print
-        text = str(exc) if isinstance(exc, BnvizError) else \
-            f"training failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        text = str(exc)[:300] if isinstance(exc, BnvizError) else training_failure(exc)
         try:
-            conn.send(("error", text[:300]))
+            conn.send(("error", text))
         except (BrokenPipeError, EOFError, OSError):
             pass
     finally:

@@ -80,7 +80,7 @@ class RemoteTrainer:
     def __init__(self, comparison: Comparison, single_thread: bool = True):
         self.comparison = comparison
         self.single_thread = single_thread
-        self.total_steps = max(c.steps for c in comparison.variants.values())
+        self.total_steps = comparison.steps
         self.log = _LogView(self)
         self.error: str | None = None
         self._state = "idle"

@@ -197,6 +197,11 @@ def plan(spec: SweepSpec, steps: int | None = None) -> list[tuple[Any, dict[str,
     return runs
 
 
+def run_lengths(runs: list[tuple[Any, dict[str, RunConfig], dict[str, str]]]) -> list[int]:
+    """Steps of each value's run in a ``plan`` (0 where every variant refused the value)."""
+    return [max((c.steps for c in ok.values()), default=0) for _, ok, _ in runs]
+
+
 def run_sweep(spec: SweepSpec, steps: int | None = None, progress: Callable[[Progress], None] | None = None,
               stop_event: threading.Event | None = None, on_rows: Callable[[list[dict]], None] | None = None,
               jobs: int = 1, threads: int = 1) -> SweepResult:
@@ -212,7 +217,7 @@ def run_sweep(spec: SweepSpec, steps: int | None = None, progress: Callable[[Pro
     comparison, name, values = _resolve(spec)
     runs = plan(spec, steps)
     result = SweepResult(name, values, comparison.names)
-    totals = [max((c.steps for c in ok.values()), default=0) for _, ok, _ in runs]
+    totals = run_lengths(runs)
     at = [0] * len(runs)  # steps done in each value's run
     per_value: dict[int, list[dict]] = {}  # rows of the finished values
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from bnviz import data as datasets
 from bnviz.config import Comparison, RunConfig
 from bnviz.cuda_graphs import GPU_LOCK, StepGraphs
-from bnviz.errors import ConfigError
+from bnviz.errors import ConfigError, training_failure
 from bnviz.metrics import LANDSCAPE_METRICS, LAYER_METRICS, STEP_METRICS
 from bnviz.models import Net, StackedMLP, build_model, hidden_names, stack_key
 from bnviz.landscape import ics, smoothness
@@ -563,7 +563,7 @@ class Trainer:
                 if not self._running and self._budget == 0:
                     self.flush()
         except Exception as exc:  # any cause: the run ends with its message, the server goes on
-            self.error = f"training failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+            self.error = training_failure(exc)
             final = "failed"
             for v in self.variants:
                 if v.live:
