@@ -8,6 +8,9 @@ from bnviz.claims import figure1_table
 from bnviz.figures import paper_figure1
 from bnviz.live import session_lab
 from ui.common import chart, live_fragment, run_controls_ui
+from ui.navigation import through_app
+
+through_app()  # first: a direct visit runs this file without app.py (ui/navigation.py)
 
 PRESET = presets.get("paper-fig1")
 STEP_CHOICES = {"5,000 (a minute or two)": 5_000, "20,000": 20_000, "50,000 (the paper's length)": 50_000}

@@ -7,6 +7,9 @@ import streamlit as st
 import torch
 
 from bnviz import explain
+from ui.navigation import through_app
+
+through_app()  # first: a direct visit runs this file without app.py (ui/navigation.py)
 
 FEATURES = ["feature 1", "feature 2", "feature 3"]
 DEFAULT_BATCH = [[1.0, 10.0, -3.0], [2.0, 14.0, -1.0], [3.0, 9.0, 0.5], [4.0, 11.0, 2.0], [6.0, 16.0, -0.5]]

@@ -8,6 +8,9 @@ from bnviz import presets
 from bnviz.figures import ics_figure, loss_accuracy, shift_scores, smoothness_figure
 from bnviz.live import session_lab
 from ui.common import chart, live_fragment, run_controls_ui
+from ui.navigation import through_app
+
+through_app()  # first: a direct visit runs this file without app.py (ui/navigation.py)
 
 PRESET = presets.get("ics-measure")
 

@@ -11,6 +11,9 @@ from bnviz import limits, presets
 from bnviz.figures import sweep_figure
 from bnviz.live import POOL
 from bnviz.sweep import SweepJob, alive_sweeps
+from ui.navigation import through_app
+
+through_app()  # first: a direct visit runs this file without app.py (ui/navigation.py)
 
 PRESET = presets.get("small-batch")
 FIELD, VALUES = PRESET.sweep

@@ -15,6 +15,7 @@ import streamlit
 from streamlit.testing.v1 import AppTest
 
 from bnviz.presets import PRESETS
+from ui import navigation
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")  # from_file resolves relative to this file
 DEFAULT = "quick-look"
@@ -154,3 +155,17 @@ def test_after_a_refused_value_the_widgets_show_the_comparison_in_force():
     assert not at.exception
     assert at.sidebar.selectbox(key="lab.w.bn.norm").value == "batch" == cmp(at).variants["bn"].norm
     assert not at.error, [e.value for e in at.error]  # the refusal was about width 10
+
+
+SUB_PAGES = [(target, title) for target, title, _ in navigation.PAGES if isinstance(target, str)]
+
+
+@pytest.mark.parametrize("target,title", SUB_PAGES, ids=[t for _, t in SUB_PAGES])
+def test_every_page_runs_without_exception_under_its_sidebar_title(target, title):
+    """AppTest starts each run as a server does before anyone opened the app's root (with
+    Streamlit's pages/ handling on), so this also takes ui.navigation.through_app's reroute;
+    tests/test_deep_links.py checks the layout and sidebar that result, in a browser."""
+    at = run_app()
+    at.switch_page(target).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.title[0].value == title

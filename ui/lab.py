@@ -47,6 +47,16 @@ CUSTOM = "(custom)"
 
 
 # state ----------------------------------------------------------------------------------------
+def page() -> None:
+    """The live lab, the app's first page."""
+    lab = init_state()
+    sidebar_ui()
+    header_ui()
+    controls_ui(lab)
+    live_ui(lab)
+    share_ui(lab)
+
+
 def init_state() -> Lab:
     """First run of a session: read the link; every run: the session's Lab with the comparison."""
     ss = st.session_state
