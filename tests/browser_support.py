@@ -296,6 +296,18 @@ def wait_progress(page: Page, ok: Callable[[Progress], bool], what: str, timeout
     return poll(lambda: progress(page), lambda p: p is not None and ok(p), timeout, what)
 
 
+def pause_and_settle(page: Page) -> Progress:
+    """Press Pause; the page must come to show 'paused' by itself (no other interaction)."""
+    button(page, "Pause").click()
+    expect(button(page, "Start")).to_be_enabled()
+    return wait_progress(page, lambda p: p.state == "paused", "the progress bar to say paused")
+
+
+def exceptions(page: Page) -> int:
+    """Streamlit exception boxes on the page (a traceback a user would see)."""
+    return page.locator("[data-testid='stException']").count()
+
+
 # Plotly data as it arrived in the browser. Numpy arrays travel as {dtype, bdata} objects
 # (plotly.js decodes them and keeps the typed array as _inputArray); lists stay lists.
 _DECODE = """
@@ -315,24 +327,31 @@ const toArray = (v) => {
 };
 """
 
-_CHARTS = _DECODE + """
-const out = {};  // FIGURES key -> its plotly divs, fresh first
-for (const el of (""" + _FRESH_FIRST + """)("[data-testid='stElementContainer'][class*='st-key-lab-chart-']")) {
-  const cls = Array.from(el.classList).find(c => c.startsWith('st-key-lab-chart-'));
+def _charts_js(prefix: str) -> str:
+    """JS that fills ``out``: chart key (after ``prefix``, in Streamlit's st-key-* class
+    spelling) -> its plotly divs, fresh first."""
+    return _DECODE + """
+const out = {};
+for (const el of (""" + _FRESH_FIRST + """)("[data-testid='stElementContainer'][class*='st-key-PREFIX']")) {
+  const cls = Array.from(el.classList).find(c => c.startsWith('st-key-PREFIX'));
   const g = el.querySelector('.js-plotly-plot');
   if (!cls || !g || !g.data) continue;
-  const key = cls.slice('st-key-lab-chart-'.length);
+  const key = cls.slice('st-key-PREFIX'.length);
   (out[key] = out[key] || []).push(g);
 }
-"""
+""".replace("PREFIX", prefix)
 
 
-def chart_points(page: Page) -> dict[str, int]:
-    """Points in the first trace of each drawn chart, by FIGURES key (0 for a chart without traces).
+_CHARTS = _charts_js("lab-chart-")  # the live lab's charts, by FIGURES key
+
+
+def chart_points(page: Page, prefix: str = "lab-chart-") -> dict[str, int]:
+    """Points in the first trace of each drawn chart, by FIGURES key (0 for a chart without traces);
+    with ``prefix`` (e.g. "fig1-"), the charts of another page whose keys start with it.
 
     Where a chart exists twice (fresh and stale), the larger count: data only grows.
     """
-    return page.evaluate("() => {" + _CHARTS + """
+    return page.evaluate("() => {" + _charts_js(prefix) + """
         const counts = {};
         for (const [k, gs] of Object.entries(out))
             counts[k] = Math.max(...gs.map(g => g.data.length ? toArray(g.data[0].x).length : 0));

@@ -37,8 +37,10 @@ from tests.browser_support import (
     chart_annotations,
     chart_points,
     chart_trace,
+    exceptions,
     open_app,
     open_url,
+    pause_and_settle,
     plotly_plot_count,
     poll,
     press_slider,
@@ -74,10 +76,6 @@ LIGHT = f"preset=quick-look&depth=1&steps={LIGHT_STEPS}"
 DIVERGE = "preset=quick-look&steps=300&variants=plain,bn&plain.lr=100&bn.norm=batch&activation=relu"
 
 
-def exceptions(page) -> int:
-    return page.locator("[data-testid='stException']").count()
-
-
 def start_and_wait(page, min_step: int = 1):
     """Press Start; wait for step >= min_step ('waiting' is slow motion between two refreshes)."""
     button(page, "Start").click()
@@ -88,13 +86,6 @@ def start_and_wait(page, min_step: int = 1):
 def all_charts(page) -> dict[str, int]:
     """Point counts once every chart of FIGURES is drawn (plotly draws after the element mounts)."""
     return poll(lambda: chart_points(page), lambda c: set(c) == CHART_KEYS, 60, "every chart drawn")
-
-
-def pause_and_settle(page):
-    """Press Pause; the page must come to show 'paused' by itself (no other interaction)."""
-    button(page, "Pause").click()
-    expect(button(page, "Start")).to_be_enabled()
-    return wait_progress(page, lambda p: p.state == "paused", "the progress bar to say paused")
 
 
 # 1 ---------------------------------------------------------------------------------------------

@@ -1,0 +1,115 @@
+"""The pages beside the live lab, in a real browser: each opens at its own address as part
+of the app, even as a server's first visit, and each one that trains does so live.
+
+Streamlit turns its old pages/-folder handling off only once a session has called
+st.navigation (app.py does); before that, a first visit straight to /Paper_Figure_1 (a link
+a teacher shared, a reload, a bookmark) ran the page's file alone: no wide layout and a
+sidebar listing "app" and file names (ui/navigation.py). This module's server is its own,
+so its first test is that server's first visit.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from playwright.sync_api import expect
+
+pytest.register_assert_rewrite("tests.browser_support")
+
+from tests.browser_support import (
+    LOAD_TIMEOUT_MS,
+    button,
+    chart_points,
+    exceptions,
+    pause_and_settle,
+    poll,
+    progress_text,
+    screenshot,
+    select_option,
+    wait_idle,
+    wait_progress,
+)
+from ui.navigation import PAGES
+
+pytest_plugins = ("tests.browser_support",)
+pytestmark = pytest.mark.browser
+
+TITLES = [title for _, title, _ in PAGES]
+# Streamlit's address for a page file: its name without the number prefix and ".py".
+SUB_PAGES = [(re.sub(r"^\d+_", "", Path(target).stem), title) for target, title, _ in PAGES if isinstance(target, str)]
+CENTERED_MAX_PX = 736  # Streamlit's main column without layout="wide"; the tests' viewport is 1400 px
+
+
+def open_address(page, url: str, title: str) -> None:
+    page.goto(url)
+    expect(page.get_by_role("heading", level=1)).to_have_text(title, timeout=LOAD_TIMEOUT_MS)
+    wait_idle(page, LOAD_TIMEOUT_MS)
+
+
+def sidebar_titles(page) -> list[str]:
+    links = page.get_by_test_id("stSidebarNav").get_by_test_id("stSidebarNavLink")
+    return [text.splitlines()[-1].strip() for text in links.all_inner_texts()]
+
+
+def test_first_visit_to_a_fresh_server_straight_to_a_page_gets_the_apps_layout_and_sidebar(app_server, page):
+    address, title = SUB_PAGES[0]
+    open_address(page, f"{app_server.url}/{address}", title)
+    assert sidebar_titles(page) == TITLES
+    assert urlsplit(page.url).path == f"/{address}"
+    main = page.get_by_test_id("stMainBlockContainer").bounding_box()
+    screenshot(page, "deep-link-first-visit")
+    assert main["width"] > CENTERED_MAX_PX + 100, main
+    assert exceptions(page) == 0
+
+
+@pytest.mark.parametrize("address,title", SUB_PAGES, ids=[a for a, _ in SUB_PAGES])
+def test_every_page_address_opens_that_page_in_the_app(app_server, page, address, title):
+    open_address(page, f"{app_server.url}/{address}", title)
+    assert sidebar_titles(page) == TITLES
+    assert exceptions(page) == 0
+
+
+def test_paper_figure_1_trains_live_and_fills_its_chart_and_table(app_server, page):
+    open_address(page, f"{app_server.url}/Paper_Figure_1", "Paper Figure 1")
+    select_option(page, "Dataset", "mnist-mini")  # nothing to download
+    button(page, "Start").click()
+    wait_progress(page, lambda p: p.step >= 100 and p.total == 5_000, "the run to pass step 100 of 5,000")
+    # Test accuracy every 50 steps at this length: the chart's first trace grows.
+    first = poll(lambda: chart_points(page, "fig1-").get("chart", 0), lambda n: n >= 2, 60,
+                 "test accuracy points in the Figure 1 chart")
+    poll(lambda: chart_points(page, "fig1-").get("chart", 0), lambda n: n > first, 60, f"more than {first} points")
+    expect(page.get_by_test_id("stMain").get_by_test_id("stDataFrame")).to_have_count(1)  # "Measured"
+    pause_and_settle(page)
+    screenshot(page, "pages-paper-figure-1")
+    assert exceptions(page) == 0
+
+
+def test_covariate_shift_page_trains_three_nets_and_draws_all_four_charts(app_server, page):
+    open_address(page, f"{app_server.url}/Does_BN_reduce_covariate_shift", "Does BN really reduce covariate shift?")
+    button(page, "Start").click()
+    # The ICS and smoothness probes run every 100 steps (the page's default): after 300
+    # steps every chart has points.
+    wait_progress(page, lambda p: p.step >= 300, "the run to pass step 300")
+    charts = poll(lambda: chart_points(page, "ics-"), lambda c: len(c) == 4 and all(c.values()), 60,
+                  "all four charts to have data")
+    assert set(charts) == {"loss", "shift", "ics", "smooth"}
+    pause_and_settle(page)
+    screenshot(page, "pages-covariate-shift")
+    assert exceptions(page) == 0
+
+
+def test_batch_size_sweep_fills_its_chart_batch_size_by_batch_size_and_stops(app_server, page):
+    open_address(page, f"{app_server.url}/Batch_size_and_alternatives", "Batch size and the alternatives")
+    button(page, "Start").click()  # 300 steps per run, the shortest choice, is the default
+    poll(lambda: chart_points(page, "bsweep-").get("chart", 0), lambda n: n >= 1, 120,
+         "the first batch size's results in the chart")
+    expect(page.get_by_test_id("stMain").get_by_test_id("stDataFrame")).to_have_count(1)
+    button(page, "Stop").click()
+    poll(lambda: progress_text(page) or "", lambda t: "stopped" in t or "finished" in t, 60,
+         "the sweep to say stopped")
+    expect(button(page, "Start")).to_be_enabled()
+    screenshot(page, "pages-batch-size-sweep")
+    assert exceptions(page) == 0
