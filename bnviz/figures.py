@@ -589,7 +589,8 @@ def sweep_figure(result_rows: list[dict], field: str, log_x: bool = True) -> go.
                 marker=dict(size=5, color=color),
                 hovertext=[f"{name}, {field} = {r['value']}<br>train-mode accuracy {r['train_mode_acc']:.3f} "
                            f"(batch statistics)" for r in tm], hoverinfo="text"))
-    fig.update_xaxes(type="log" if log_x else "linear", title_text=field)
+    label = field.replace("_", " ")  # batch_size -> batch size
+    fig.update_xaxes(type="log" if log_x else "linear", title_text=label)
     ticks = sorted({r["value"] for r in result_rows if isinstance(r["value"], (int, float))})
     if 0 < len(ticks) <= 12:  # label exactly the swept values
         fig.update_xaxes(tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
@@ -598,8 +599,11 @@ def sweep_figure(result_rows: list[dict], field: str, log_x: bool = True) -> go.
         fig.add_annotation(x=1, y=0.02, xref="paper", yref="paper", xanchor="right", yanchor="bottom",
                            showarrow=False, text="× = diverged (loss became NaN; drawn at 0)",
                            font=dict(color="#666", size=11))
-    fig = _layout(fig, f"Final test accuracy vs {field} (dashed: train mode, batch statistics)", 420)
-    fig.update_layout(hovermode="closest")
+    fig = _layout(fig, f"Final test accuracy vs {label}", 420)
+    # Up to 8 entries (each norm, and its train-mode line): a column on the right, where a
+    # row above the plot would wrap onto the title in a page's narrower column.
+    fig.update_layout(hovermode="closest", margin=dict(t=60),
+                      legend=dict(orientation="v", yanchor="top", y=1, xanchor="left", x=1.02))
     return fig
 
 
