@@ -28,7 +28,7 @@ import threading
 from itertools import count
 
 from bnviz.config import Comparison
-from bnviz.errors import BnvizError
+from bnviz.errors import BnvizError, training_failure
 from bnviz.runlog import TERMINAL_STATES, RunSnapshot
 
 PROCESS_NAME = "bnviz-trainer"  # the threads' name too: alive_workers() counts both
@@ -229,7 +229,7 @@ def serve(conn, comparison: Comparison, single_thread: bool, threads: int) -> No
     try:
         trainer = Trainer(comparison, single_thread=single_thread)
     except Exception as exc:  # noqa: BLE001 -- reported to the page as a failed run
-        conn.send(("error", str(exc) if isinstance(exc, BnvizError) else f"training failed: {type(exc).__name__}: {exc}"))
+        conn.send(("error", str(exc) if isinstance(exc, BnvizError) else training_failure(exc)))
         conn.close()
         return
     trainer.start(paused=True)
