@@ -50,16 +50,21 @@ def steps_to_accuracy(v: VariantSnapshot, threshold: float) -> int | None:
     return int(v.eval_steps[hit[0]]) if len(hit) else None
 
 
+def _steps_text(steps: int | None) -> str:
+    return "not reached" if steps is None else f"{steps:,}"
+
+
 def figure1_table(snap: RunSnapshot) -> list[dict]:
-    """One row per variant: the numbers behind the paper's Figure 1 claims."""
+    """One row per variant: the numbers behind the paper's Figure 1 claims, as shown on the page
+    (a column holds one type: Streamlit's Arrow conversion refuses ints mixed with text)."""
     rows = []
     for v in snap.variants.values():
         d = unit_drift(v)
         rows.append({
             "variant": v.name,
             "final test accuracy": round(final_accuracy(v), 4),
-            "steps to 90%": steps_to_accuracy(v, 0.90),
-            "steps to 95%": steps_to_accuracy(v, 0.95),
+            "steps to 90%": _steps_text(steps_to_accuracy(v, 0.90)),
+            "steps to 95%": _steps_text(steps_to_accuracy(v, 0.95)),
             "unit median: start → end": f"{d.median_start:+.2f} → {d.median_end:+.2f}",
             "unit median range": round(d.median_range, 3),
             "unit 15–85 width: start → end": f"{d.band_start:.2f} → {d.band_end:.2f}",

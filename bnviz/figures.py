@@ -486,7 +486,7 @@ def shift_scores(snap: RunSnapshot) -> go.Figure:
 def paper_figure1(snap: RunSnapshot, plain: str = "plain", bn: str = "bn") -> go.Figure:
     """Ioffe & Szegedy 2015, Fig. 1: (a) test accuracy; (b, c) the tracked last-layer unit's percentiles."""
     cv = _Canvas(rows=1, cols=3, subplot_titles=("(a) test accuracy", f"(b) without BN ({plain})",
-                                                 f"(c) with BN ({bn})"), horizontal_spacing=0.07)
+                                                 f"(c) with BN ({bn})"), horizontal_spacing=0.08)
     for name in (plain, bn):
         v = snap.variants[name]
         cv.add(dict(type="scatter", x=v.eval_steps, y=v.evals["test_acc"], name=name,
@@ -498,7 +498,7 @@ def paper_figure1(snap: RunSnapshot, plain: str = "plain", bn: str = "bn") -> go
             cv.add(dict(type="scatter", x=v.steps[i], y=v.series[f"unit_p{q}"][i, last], name=f"{q}th percentile",
                         showlegend=(col == 2), legendgroup=f"p{q}", line=dict(color="#333", dash=dash, width=2)), 1, col)
     cv.update_axes("y", col=1, title_text="test accuracy")
-    cv.update_axes("y", col=2, title_text="input to one last-layer sigmoid")
+    cv.update_axes("y", col=2, title_text="sigmoid input")
     cv.update_axes("y", col=3, matches="y2")
     cv.update_axes("x", title_text="step")
     return cv.figure("Ioffe & Szegedy 2015, Figure 1, as measured by bnviz", 380)
