@@ -544,6 +544,11 @@ FIGURES: tuple[FigureSpec, ...] = (
 
 
 # sweeps (bnviz/sweep.py) ------------------------------------------------------------------
+def field_title(field: str) -> str:
+    """A swept field as a chart or a page names it: lr -> learning rate, batch_size -> batch size."""
+    return {"lr": "learning rate"}.get(field, field.replace("_", " "))
+
+
 def sweep_figure(result_rows: list[dict], field: str, log_x: bool = True) -> go.Figure:
     """Final test accuracy vs the swept value, one line per variant (rows of a SweepResult).
 
@@ -589,7 +594,7 @@ def sweep_figure(result_rows: list[dict], field: str, log_x: bool = True) -> go.
                 marker=dict(size=5, color=color),
                 hovertext=[f"{name}, {field} = {r['value']}<br>train-mode accuracy {r['train_mode_acc']:.3f} "
                            f"(batch statistics)" for r in tm], hoverinfo="text"))
-    label = field.replace("_", " ")  # batch_size -> batch size
+    label = field_title(field)
     fig.update_xaxes(type="log" if log_x else "linear", title_text=label)
     ticks = sorted({r["value"] for r in result_rows if isinstance(r["value"], (int, float))})
     if 0 < len(ticks) <= 12:  # label exactly the swept values

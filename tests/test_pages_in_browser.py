@@ -32,6 +32,7 @@ from tests.browser_support import (
     wait_idle,
     wait_progress,
 )
+from bnviz import presets
 from ui.navigation import PAGES
 
 pytest_plugins = ("tests.browser_support",)
@@ -112,4 +113,19 @@ def test_batch_size_sweep_fills_its_chart_batch_size_by_batch_size_and_stops(app
          "the sweep to say stopped")
     expect(button(page, "Start")).to_be_enabled()
     screenshot(page, "pages-batch-size-sweep")
+    assert exceptions(page) == 0
+
+
+def test_learning_rate_sweep_runs_every_rate_and_names_the_largest_each_net_trains_at(app_server, page):
+    open_address(page, f"{app_server.url}/Larger_learning_rates", "Larger learning rates")
+    button(page, "Start").click()  # 300 steps per run, the shortest choice, is the default
+    rates = presets.get("high-lr").sweep[1]
+    poll(lambda: progress_text(page) or "", lambda t: "finished" in t, 180, "the sweep to finish")
+    main = page.get_by_test_id("stMain")
+    expect(main).to_contain_text(re.compile(
+        r"Largest rate that trained to [\d.]+% test accuracy \(90% of the best here\): "
+        r"plain ([\d.]+|none), BatchNorm ([\d.]+|none)\."))
+    assert chart_points(page, "lrsweep-").get("chart", 0) == len(rates)  # plain: one point per rate
+    expect(main.get_by_test_id("stDataFrame")).to_have_count(1)
+    screenshot(page, "pages-learning-rate-sweep")
     assert exceptions(page) == 0

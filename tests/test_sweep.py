@@ -171,8 +171,9 @@ def test_sweep_figure_has_one_trace_per_variant_with_the_right_points():
     assert list(bn.x) == [0.1, 1.0] and list(bn.y) == [0.92, 0.95]
     assert list(tm.y) == [0.8, 0.9] and tm.line.dash == "dash" and tm.line.color == bn.line.color
     assert plain.line.color == PALETTE[0] and bn.line.color == PALETTE[1]
-    assert fig.layout.xaxis.type == "log" and fig.layout.title.text and fig.layout.xaxis.title.text == "lr"
+    assert fig.layout.xaxis.type == "log" and fig.layout.title.text and fig.layout.xaxis.title.text == "learning rate"
     assert sweep_figure(rows, "batch_size").layout.xaxis.title.text == "batch size"
+    assert sweep_figure(rows, "lr").layout.xaxis.title.text == "learning rate"
     assert list(fig.layout.xaxis.tickvals) == [0.1, 1.0, 10.0]
     assert sweep_figure(rows, "lr", log_x=False).layout.xaxis.type == "linear"
 

@@ -26,6 +26,7 @@ PAGES = [
     ("pages/2_BN_step_by_step.py", "BN step by step", ":material/calculate:"),
     ("pages/3_Does_BN_reduce_covariate_shift.py", "Does BN really reduce covariate shift?", ":material/quiz:"),
     ("pages/4_Batch_size_and_alternatives.py", "Batch size and the alternatives", ":material/stacked_bar_chart:"),
+    ("pages/5_Larger_learning_rates.py", "Larger learning rates", ":material/speed:"),
 ]
 
 # One script run at a time per session, each on its session's script thread: a thread-local

@@ -1,0 +1,158 @@
+"""A sweep on a page: this session's SweepJob, its Start / Stop, and its results filling in
+as each swept value finishes (the batch-size and learning-rate pages).
+
+The job trains on its own thread (bnviz/sweep.py): the page only reads its rows.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import streamlit as st
+
+from bnviz import limits, presets
+from bnviz.figures import field_title, sweep_figure
+from bnviz.live import POOL
+from bnviz.presets import Preset
+from bnviz.sweep import SweepJob, alive_sweeps
+from ui.lab import NORM_LABELS
+
+
+class SweepSlot:
+    """This session's sweep of one preset: at most one SweepJob at a time; stopped when the tab closes."""
+
+    def __init__(self, preset: Preset):
+        self.preset = preset
+        self.job: SweepJob | None = None
+        self.steps: int | None = None
+        self.message: str | None = None
+        self._lock = threading.Lock()
+
+    def start(self, steps: int) -> None:
+        with self._lock:
+            if self.job is not None and self.job.state == "running":
+                return
+            busy = POOL.active_count + alive_sweeps()
+            cap = limits.current().max_workers
+            if busy >= cap:
+                self.message = (f"The server is training {busy} runs, its limit (BNVIZ_MAX_WORKERS={cap}): "
+                                "try again in a minute.")
+                return
+            self.message = None
+            self.job, self.steps = SweepJob(self.preset, steps=steps, single_thread=True), steps
+            self.job.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self.job is not None:
+                self.job.stop()
+
+    @property
+    def running(self) -> bool:
+        return self.job is not None and self.job.state == "running"
+
+
+@st.cache_resource(scope="session", on_release=lambda slot: slot.stop(), show_spinner=False)
+def session_slot(preset_name: str) -> SweepSlot:
+    return SweepSlot(presets.get(preset_name))
+
+
+def preset_steps(preset: Preset) -> int:
+    """Steps per run of the preset itself (every variant of a sweep preset has the same)."""
+    return next(iter(preset.comparison().variants.values())).steps
+
+
+def variant_labels(preset: Preset) -> dict[str, str]:
+    """Variant name -> what a table header says: its normalization ("plain" without one)."""
+    return {name: "plain" if cfg.norm == "none" else NORM_LABELS[cfg.norm]
+            for name, cfg in preset.comparison().variants.items()}
+
+
+def accuracy_table(rows: list[dict], field: str, labels: dict[str, str]) -> list[dict]:
+    """One line per swept value: final test accuracy per variant (train-mode beside it where
+    the norm has one), as text: one type per column, as Arrow wants for st.dataframe."""
+    table: dict = {}
+    for r in rows:
+        line = table.setdefault(r["value"], {field_title(field): f"{r['value']:g}"})
+        name = labels.get(r["variant"], r["variant"])
+        if r["status"] == "skipped":
+            line[name] = "skipped"
+        elif r["diverged"]:
+            line[name] = f"diverged at step {r['diverged_at']}"
+        else:
+            line[name] = f"{r['test_acc']:.3f}" if r["test_acc"] is not None else "–"
+            if r["train_mode_acc"] is not None:
+                line[f"{name} (train mode)"] = f"{r['train_mode_acc']:.3f}"
+    return list(table.values())
+
+
+def controls_ui(slot: SweepSlot, prefix: str, step_choices: dict[str, int], header: str) -> None:
+    """The sidebar's steps per run, and Start / Stop with the server's refusal under them."""
+    values = slot.preset.sweep[1]
+    with st.sidebar:
+        st.header(header)
+        steps_label = st.selectbox("Steps per run", list(step_choices), key=f"{prefix}.steps",
+                                   disabled=slot.running,
+                                   help=f"Every run ({len(values)} values x {len(slot.preset.variants)} "
+                                        "variants) trains this many steps.")
+    c = st.columns([1, 1, 5])
+    c[0].button("Start", icon=":material/play_arrow:", key=f"{prefix}.start", type="primary",
+                disabled=slot.running, on_click=lambda: slot.start(step_choices[steps_label]))
+    c[1].button("Stop", icon=":material/stop:", key=f"{prefix}.stop", disabled=not slot.running,
+                on_click=slot.stop)
+    if slot.message:
+        st.warning(slot.message, icon=":material/hourglass_top:")
+
+
+def results_ui(slot: SweepSlot, prefix: str, caption: str,
+               summary: Callable[[list[dict], bool], str | None]) -> None:
+    """Progress, the chart, ``summary(rows, running)`` and the table, redrawn every second
+    while the sweep runs."""
+    field = slot.preset.sweep[0]
+    labels = variant_labels(slot.preset)
+    live = slot.running
+
+    @st.fragment(run_every=1.0 if live else None)
+    def results() -> None:
+        job = slot.job
+        if job is None:
+            st.info("Press **Start** to train the comparison at each value in turn; the chart fills in as "
+                    "each value finishes.", icon=":material/info:")
+            return
+        done, total = job.progress
+        state = {"running": "training"}.get(job.state, job.state)
+        st.progress(job.fraction, text=f"{done} / {total} {field_title(field)} values · "
+                                       f"{slot.steps:,} steps per run · {state}")
+        if job.error:
+            st.error(job.error, icon=":material/warning:")
+        rows = job.rows
+        if rows:
+            st.plotly_chart(sweep_figure(rows, field, log_x=True), key=f"{prefix}.chart", width="stretch",
+                            config={"displaylogo": False})
+            st.caption(caption)
+            text = summary(rows, job.state == "running")
+            if text:
+                st.markdown(text)
+            st.dataframe(accuracy_table(rows, field, labels), hide_index=True, width="stretch")
+        if live and job.state != "running":
+            st.rerun(scope="app")  # the sweep ended: redraw once without the timer
+
+    results()
+
+
+def sweep_page(title: str, preset: Preset, prefix: str, step_choices: dict[str, int], sidebar_header: str,
+               papers: list[str], caption: str, summary: Callable[[list[dict], bool], str | None]) -> None:
+    """A whole sweep page: the preset's "predict, then run" note, Start / Stop, the results
+    beside what the papers report (``papers``: markdown paragraphs)."""
+    st.title(title)
+    st.markdown(f"**{preset.title}**  \n*Predict, then run.* {preset.note}")
+    slot = session_slot(preset.name)
+    controls_ui(slot, prefix, step_choices, sidebar_header)
+    left, right = st.columns([3, 1])
+    with right:
+        st.subheader("What the papers report")
+        for paragraph in papers:
+            st.markdown(paragraph)
+    with left:
+        results_ui(slot, prefix, caption, summary)
