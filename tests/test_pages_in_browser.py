@@ -21,6 +21,7 @@ pytest.register_assert_rewrite("tests.browser_support")
 
 from tests.browser_support import (
     LOAD_TIMEOUT_MS,
+    VIEWPORT,
     button,
     chart_points,
     exceptions,
@@ -129,3 +130,21 @@ def test_learning_rate_sweep_runs_every_rate_and_names_the_largest_each_net_trai
     expect(main.get_by_test_id("stDataFrame")).to_have_count(1)
     screenshot(page, "pages-learning-rate-sweep")
     assert exceptions(page) == 0
+
+
+SWEEP_CLOSED_RE = re.compile(r"session closed; high-lr sweep stopped, (\d+) sweeps alive")
+
+
+def test_closing_the_tab_stops_its_sweep(app_server, browser):
+    ctx = browser.new_context(viewport=VIEWPORT)
+    pg = ctx.new_page()
+    open_address(pg, f"{app_server.url}/Larger_learning_rates", "Larger learning rates")
+    select_option(pg, "Steps per run", "1,000 per run (the preset's length)")  # long enough to be mid-run
+    button(pg, "Start").click()
+    poll(lambda: progress_text(pg) or "", lambda t: "training" in t, 60, "the sweep to be training")
+    offset = app_server.log_size()
+    pg.close()
+    ctx.close()
+    lines = poll(lambda: SWEEP_CLOSED_RE.findall(app_server.log_since(offset)), bool, 30,
+                 "the 'sweep stopped' line in the server log")
+    assert int(lines[-1]) == 0, f"{lines[-1]} sweeps alive after the tab closed"

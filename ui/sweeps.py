@@ -6,6 +6,7 @@ The job trains on its own thread (bnviz/sweep.py): the page only reads its rows.
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Callable
 
@@ -17,6 +18,8 @@ from bnviz.live import POOL
 from bnviz.presets import Preset
 from bnviz.sweep import SweepJob, alive_sweeps
 from ui.lab import NORM_LABELS
+
+log = logging.getLogger("bnviz.sweeps")
 
 
 class SweepSlot:
@@ -53,7 +56,13 @@ class SweepSlot:
         return self.job is not None and self.job.state == "running"
 
 
-@st.cache_resource(scope="session", on_release=lambda slot: slot.stop(), show_spinner=False)
+def _tab_closed(slot: SweepSlot) -> None:
+    slot.stop()  # waits for the job's thread (SweepJob.stop joins it)
+    # Read by the browser tests and by an operator: how many sweeps outlive their tabs.
+    log.warning("bnviz: session closed; %s sweep stopped, %d sweeps alive", slot.preset.name, alive_sweeps())
+
+
+@st.cache_resource(scope="session", on_release=_tab_closed, show_spinner=False)
 def session_slot(preset_name: str) -> SweepSlot:
     return SweepSlot(presets.get(preset_name))
 
