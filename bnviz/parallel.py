@@ -134,7 +134,7 @@ Task = tuple[Callable, tuple]  # (function, args): the child calls function(repo
 
 def run_in_processes(tasks: list[Task], jobs: int, threads: int,
                      on_message: Callable[[int, str, object], None] | None = None,
-                     describe: Callable[[int], str] = lambda i: f"task {i + 1}") -> list:
+                     describe: Callable[[int], str] = lambda i: f"task {i + 1}", nice: int = 0) -> list:
     """Run each task in a child process, at most ``jobs`` at once; their return values, in order.
 
     A task ``(fn, args)`` runs as ``fn(report, *args)`` in a child whose torch uses ``threads``
@@ -144,6 +144,8 @@ def run_in_processes(tasks: list[Task], jobs: int, threads: int,
     A task that raises makes this raise BnvizError with its one-line reason (``describe(i)``
     names a task whose process died); the other children are stopped, as on any exception
     here (Ctrl-C included): their pipes close and each stops at its next report.
+    ``nice`` > 0 lowers the children's scheduling priority (a server's sweeps: bnviz/remote.py's
+    WORKER_NICE), so that they cannot slow the pages down.
     """
     from bnviz.remote import worker_context  # the forkserver that has imported the engine once
 
@@ -158,7 +160,7 @@ def run_in_processes(tasks: list[Task], jobs: int, threads: int,
                 i = waiting.pop(0)
                 mine, child = ctx.Pipe()
                 fn, args = tasks[i]
-                p = ctx.Process(target=_child, args=(child, threads, fn, args), name=PROCESS_NAME, daemon=True)
+                p = ctx.Process(target=_child, args=(child, threads, fn, args, nice), name=PROCESS_NAME, daemon=True)
                 p.start()
                 child.close()
                 procs.append(p)
@@ -191,9 +193,11 @@ def run_in_processes(tasks: list[Task], jobs: int, threads: int,
                 p.join()
 
 
-def _child(conn, threads: int, fn: Callable, args: tuple) -> None:
+def _child(conn, threads: int, fn: Callable, args: tuple, nice: int = 0) -> None:
     import torch
 
+    if nice > 0:
+        os.nice(nice)
     torch.set_num_threads(threads)
     last_progress = [0.0]
 

@@ -30,6 +30,7 @@ import torch
 from bnviz.config import BATCH_STAT_NORMS, Comparison, RunConfig
 from bnviz.errors import BnvizError, ConfigError
 from bnviz.norms import BatchRenorm
+from bnviz.remote import WORKER_NICE
 
 # Columns of a row, in CSV order. ``value`` is the swept field's value (the field's name is
 # in the ``field`` column); None means "not applicable" and is an empty cell in the CSV.
@@ -204,7 +205,7 @@ def run_lengths(runs: list[tuple[Any, dict[str, RunConfig], dict[str, str]]]) ->
 
 def run_sweep(spec: SweepSpec, steps: int | None = None, progress: Callable[[Progress], None] | None = None,
               stop_event: threading.Event | None = None, on_rows: Callable[[list[dict]], None] | None = None,
-              jobs: int = 1, threads: int = 1) -> SweepResult:
+              jobs: int = 1, threads: int = 1, processes: bool = False, nice: int = 0) -> SweepResult:
     """Train ``spec``'s comparison once per value, synchronously; see the module docstring.
 
     ``progress`` is called every few steps and after each value; ``on_rows`` with the rows of
@@ -212,7 +213,8 @@ def run_sweep(spec: SweepSpec, steps: int | None = None, progress: Callable[[Pro
     ``jobs`` > 1: within a fraction of a second); the values in flight are dropped and the
     result is marked incomplete. ``jobs`` > 1 trains that many values at once, each in a
     child process with ``threads`` torch threads (bnviz/parallel.py): the same rows as one
-    process at that thread count.
+    process at that thread count. ``processes`` trains in child processes even one value at
+    a time (a server's sweep: off its GIL), at ``nice`` lower priority.
     """
     comparison, name, values = _resolve(spec)
     runs = plan(spec, steps)
@@ -237,7 +239,7 @@ def run_sweep(spec: SweepSpec, steps: int | None = None, progress: Callable[[Pro
 
     report(0, 0)
     try:
-        if jobs > 1:
+        if jobs > 1 or processes:
             from bnviz.parallel import run_in_processes
 
             def on_message(i: int, kind: str, value) -> None:
@@ -248,7 +250,7 @@ def run_sweep(spec: SweepSpec, steps: int | None = None, progress: Callable[[Pro
 
             run_in_processes([(_sweep_value, (name, value, ok, refused, comparison.names))
                               for value, ok, refused in runs], jobs, threads, on_message,
-                             lambda i: f"the run with {name}={runs[i][0]!r}")
+                             lambda i: f"the run with {name}={runs[i][0]!r}", nice=nice)
         else:
             for i, (value, ok, refused) in enumerate(runs):
                 # checks stop_event every step, calls progress every 25
@@ -368,11 +370,16 @@ class SweepJob:
 
     THREAD_NAME = "bnviz-sweep"
 
-    def __init__(self, spec: SweepSpec, steps: int | None = None, single_thread: bool = True):
+    def __init__(self, spec: SweepSpec, steps: int | None = None, single_thread: bool = True,
+                 processes: bool = False):
         self.comparison, self.field, self.values = _resolve(spec)
         self._spec = (self.comparison, self.field, self.values)
         self.steps = steps
         self.single_thread = single_thread
+        # Train in a child process (one value at a time, at a server worker's lower priority)
+        # rather than on this thread: on a server whose labs train in processes
+        # (BNVIZ_WORKER_MODE=process), a sweep must not hold the server's GIL either.
+        self.processes = processes
         self._lock = threading.Lock()
         self._rows: list[dict] = []
         self._progress = Progress(0, len(self.values), 0, 1)
@@ -440,7 +447,9 @@ class SweepJob:
         final = "finished"
         try:
             result = run_sweep(self._spec, steps=self.steps, progress=self._set_progress, stop_event=self._stop,
-                               on_rows=self._add_rows)
+                               on_rows=self._add_rows, processes=self.processes,
+                               threads=1 if self.single_thread else torch.get_num_threads(),
+                               nice=WORKER_NICE if self.processes else 0)
             self.result = result
             if not result.complete:
                 final = "stopped"

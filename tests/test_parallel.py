@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from bnviz import parallel
+from bnviz import parallel, remote
 from bnviz.config import Comparison
 from bnviz.errors import BnvizError
-from bnviz.sweep import run_sweep
+from bnviz.sweep import SweepJob, run_sweep
 from bnviz.trainer import Trainer
 
 BASE = ["device=cpu", "dataset=mnist-mini", "width=24", "depth=3", "steps=60", "eval_every=20", "hist_every=5"]
@@ -110,6 +110,10 @@ SPIRAL = BASE + ["dataset=spiral", "depth=2", "width=16", "activation=relu", "in
                  "batch_size=16", "steps=30", "variants=plain,bn", "bn.norm=batch"]
 
 
+def sweep_children() -> list:
+    return [p for p in multiprocessing.active_children() if p.name == parallel.PROCESS_NAME]
+
+
 def test_a_sweep_in_processes_gives_the_rows_of_a_sweep_in_one(one_thread):
     spec = (comparison(SPIRAL), "lr", (0.05, 1e12, 0.2))  # the middle value diverges
     seen = []
@@ -133,6 +137,34 @@ def test_a_sweep_in_processes_stops_when_asked():
     result = run_sweep(spec, steps=100_000, jobs=2, progress=progress, stop_event=stop)
     assert not result.complete and result.rows == []
     assert not [p for p in multiprocessing.active_children() if p.name == parallel.PROCESS_NAME]
+
+
+def test_a_server_sweep_job_in_a_child_gives_the_rows_of_one_on_a_thread(one_thread):
+    """BNVIZ_WORKER_MODE=process: the sweep pages' jobs train in a child process, one value at
+    a time, with the rows a job on a thread records."""
+    spec = (comparison(SPIRAL), "lr", (0.05, 1e12, 0.2))
+    jobs = {mode: SweepJob(spec, steps=30, single_thread=True, processes=mode == "process")
+            for mode in ("thread", "process")}
+    for job in jobs.values():
+        job.start()
+        assert job.join(120) and job.state == "finished", job.error
+    assert jobs["process"].rows == jobs["thread"].rows
+    assert jobs["process"].progress == (3, 3)
+    assert not sweep_children()
+
+
+def test_a_server_sweep_job_trains_below_the_servers_priority_and_stops_when_asked(wait):
+    job = SweepJob((comparison(SPIRAL), "lr", (0.05, 0.1)), steps=100_000, single_thread=True, processes=True)
+    job.start()
+    try:
+        assert wait(lambda: job.fraction > 0 and len(sweep_children()) == 1, timeout=60)
+        child = sweep_children()[0]
+        expected = min(os.getpriority(os.PRIO_PROCESS, 0) + remote.WORKER_NICE, 19)
+        assert os.getpriority(os.PRIO_PROCESS, child.pid) == expected
+    finally:
+        job.stop()
+    assert job.state == "stopped" and not job.alive
+    assert not sweep_children()
 
 
 def test_cli_sweep_with_jobs_writes_the_csv_of_one_process(one_thread, tmp_path, capsys):

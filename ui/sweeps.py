@@ -43,7 +43,9 @@ class SweepSlot:
                                 "try again in a minute.")
                 return
             self.message = None
-            self.job, self.steps = SweepJob(self.preset, steps=steps, single_thread=True), steps
+            self.job = SweepJob(self.preset, steps=steps, single_thread=True,
+                                processes=limits.worker_mode() == "process")  # as the labs train
+            self.steps = steps
             self.job.start()
 
     def stop(self) -> None:
