@@ -1,7 +1,8 @@
 """A sweep on a page: this session's SweepJob, its Start / Stop, and its results filling in
 as each swept value finishes (the batch-size and learning-rate pages).
 
-The job trains on its own thread (bnviz/sweep.py): the page only reads its rows.
+The job runs on its own thread (bnviz/sweep.py), and with BNVIZ_WORKER_MODE=process trains in a
+child process driven from there: the page only reads its rows.
 """
 
 from __future__ import annotations
