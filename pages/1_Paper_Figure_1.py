@@ -7,7 +7,7 @@ from bnviz import presets
 from bnviz.claims import figure1_table
 from bnviz.figures import paper_figure1
 from bnviz.live import session_lab
-from ui.common import chart, live_fragment, run_controls_ui
+from ui.common import chart, downloads_ui, live_fragment, run_controls_ui
 from ui.navigation import through_app
 
 through_app()  # first: a direct visit runs this file without app.py (ui/navigation.py)
@@ -56,3 +56,5 @@ def draw(snap) -> None:  # runs inside `left`, in the live fragment
 
 with left:
     live_fragment(lab, draw)
+    st.subheader("Download")
+    downloads_ui(lab, "fig1", PRESET)

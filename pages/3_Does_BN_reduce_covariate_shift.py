@@ -7,7 +7,7 @@ import streamlit as st
 from bnviz import presets
 from bnviz.figures import ics_figure, loss_accuracy, shift_scores, smoothness_figure
 from bnviz.live import session_lab
-from ui.common import chart, live_fragment, run_controls_ui
+from ui.common import chart, downloads_ui, live_fragment, run_controls_ui
 from ui.navigation import through_app
 
 through_app()  # first: a direct visit runs this file without app.py (ui/navigation.py)
@@ -65,3 +65,5 @@ def draw(snap) -> None:
 
 
 live_fragment(lab, draw, empty_hint=f"Press **Start**: {steps:,} steps of three nets, the probes every {every} steps.")
+st.subheader("Download")
+downloads_ui(lab, "ics", PRESET)

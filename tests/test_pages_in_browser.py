@@ -34,6 +34,7 @@ from tests.browser_support import (
     wait_progress,
 )
 from bnviz import presets
+from bnviz.runlog import from_csv
 from ui.navigation import PAGES
 
 pytest_plugins = ("tests.browser_support",)
@@ -54,6 +55,13 @@ def open_address(page, url: str, title: str) -> None:
 def sidebar_titles(page) -> list[str]:
     links = page.get_by_test_id("stSidebarNav").get_by_test_id("stSidebarNavLink")
     return [text.splitlines()[-1].strip() for text in links.all_inner_texts()]
+
+
+def download(page, label: str) -> bytes:
+    """Click a download button and return the file it gives."""
+    with page.expect_download() as info:
+        page.get_by_test_id("stMain").get_by_role("button", name=label).click()
+    return Path(info.value.path()).read_bytes()
 
 
 def test_first_visit_to_a_fresh_server_straight_to_a_page_gets_the_apps_layout_and_sidebar(app_server, page):
@@ -84,8 +92,12 @@ def test_paper_figure_1_trains_live_and_fills_its_chart_and_table(app_server, pa
                  "test accuracy points in the Figure 1 chart")
     poll(lambda: chart_points(page, "fig1-").get("chart", 0), lambda n: n > first, 60, f"more than {first} points")
     expect(page.get_by_test_id("stMain").get_by_test_id("stDataFrame")).to_have_count(1)  # "Measured"
-    pause_and_settle(page)
+    paused = pause_and_settle(page)
     screenshot(page, "pages-paper-figure-1")
+    # The run so far, as the CSV a teacher keeps: both nets, up to the step the page shows.
+    record = from_csv(download(page, "Download CSV (tidy)").decode())
+    assert set(record.variants) == {"plain", "bn"}
+    assert all(v.steps[-1] == paused.step for v in record.variants.values())
     assert exceptions(page) == 0
 
 
@@ -100,6 +112,8 @@ def test_covariate_shift_page_trains_three_nets_and_draws_all_four_charts(app_se
     assert set(charts) == {"loss", "shift", "ics", "smooth"}
     pause_and_settle(page)
     screenshot(page, "pages-covariate-shift")
+    report = download(page, "Download HTML report").decode()
+    assert "bnviz: ics-measure" in report and "Internal covariate shift as Santurkar et al. measure it" in report
     assert exceptions(page) == 0
 
 

@@ -11,7 +11,9 @@ from bnviz.errors import BnvizError
 from bnviz.figures import for_page
 from bnviz.live import Lab
 from bnviz.pacing import MIN_S, PACER
-from bnviz.runlog import RunSnapshot
+from bnviz.presets import Preset
+from bnviz.report import to_html
+from bnviz.runlog import RunSnapshot, to_csv
 
 
 def run_controls_ui(lab: Lab, prefix: str):
@@ -42,6 +44,20 @@ def chart(build: Callable[[RunSnapshot], object], snap: RunSnapshot, key: str) -
     """One live chart, full width; built for the page (figures.for_page: the same JSON, a
     fraction of the server's time per refresh)."""
     st.plotly_chart(for_page(build, snap), key=key, width="stretch", config={"displaylogo": False})
+
+
+def downloads_ui(lab: Lab, prefix: str, preset: Preset | None) -> None:
+    """The run so far as a tidy CSV and as a self-contained HTML report (with ``preset``'s own
+    figures), each built only when its button is clicked."""
+    trainer = lab.trainer  # the run on the page now, even if a later click replaces it
+    snapshot = lambda: trainer.log.snapshot()  # noqa: E731
+    title, extra = (f"bnviz: {preset.name}", preset.figures) if preset else ("bnviz run", ())
+    c1, c2 = st.columns(2)
+    c1.download_button("Download CSV (tidy)", data=lambda: to_csv(snapshot()), file_name="bnviz-metrics.csv",
+                       mime="text/csv", key=f"{prefix}.dl.csv", disabled=trainer is None, on_click="ignore")
+    c2.download_button("Download HTML report", data=lambda: to_html(snapshot(), title, extra=extra),
+                       file_name="bnviz-report.html", mime="text/html", key=f"{prefix}.dl.html",
+                       disabled=trainer is None, on_click="ignore")
 
 
 def status_ui(lab: Lab, snap: RunSnapshot | None) -> None:

@@ -32,10 +32,8 @@ from bnviz.errors import BnvizError
 from bnviz.figures import FIGURES, preset_figures
 from bnviz.limits import current as current_limits
 from bnviz.live import SPEEDS, Lab, session_lab
-from bnviz.report import to_html
-from bnviz.runlog import to_csv
 from bnviz.trainer import resolve_device
-from ui.common import chart, live_fragment, run_controls_ui
+from ui.common import chart, downloads_ui, live_fragment, run_controls_ui
 
 LR_GRID = [round(m * 10.0 ** e, 6) for e in range(-4, 2) for m in (1, 2, 5)] + [100.0]
 # Short enough for a variant's row in the sidebar (normalization beside its placement).
@@ -316,13 +314,4 @@ def share_ui(lab: Lab) -> None:
     base = (st.context.url or "").split("?")[0]
     st.code(f"{base}?{urlencode(query)}" if query else base, language=None)
     st.caption("This link restores the exact comparison and seed.")
-    c1, c2 = st.columns(2)
-    snap_fn = lambda: lab.trainer.log.snapshot()  # noqa: E731  (built only when clicked)
-    has_run = lab.trainer is not None
-    c1.download_button("Download CSV (tidy)", data=lambda: to_csv(snap_fn()), file_name="bnviz-metrics.csv",
-                       mime="text/csv", key="lab.dl.csv", disabled=not has_run, on_click="ignore")
-    preset = presets.PRESETS.get(ss["lab.preset"])
-    title, extra = (f"bnviz: {preset.name}", preset.figures) if preset else ("bnviz run", ())
-    c2.download_button("Download HTML report", data=lambda: to_html(snap_fn(), title, extra=extra),
-                       file_name="bnviz-report.html", mime="text/html", key="lab.dl.html", disabled=not has_run,
-                       on_click="ignore")
+    downloads_ui(lab, "lab", presets.PRESETS.get(ss["lab.preset"]))
