@@ -60,6 +60,8 @@ class SweepSlot:
 
 
 def _tab_closed(slot: SweepSlot) -> None:
+    if slot.job is None:
+        return  # the page was opened, nothing was started
     slot.stop()  # waits for the job's thread (SweepJob.stop joins it)
     # Read by the browser tests and by an operator: how many sweeps outlive their tabs.
     log.warning("bnviz: session closed; %s sweep stopped, %d sweeps alive", slot.preset.name, alive_sweeps())
