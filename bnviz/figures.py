@@ -549,23 +549,27 @@ def field_title(field: str) -> str:
     return {"lr": "learning rate"}.get(field, field.replace("_", " "))
 
 
-def sweep_figure(result_rows: list[dict], field: str, log_x: bool = True) -> go.Figure:
-    """Final test accuracy vs the swept value, one line per variant (rows of a SweepResult).
+def sweep_figure(result_rows: list[dict], field: str, log_x: bool = True,
+                 labels: dict[str, str] | None = None) -> go.Figure:
+    """Final test accuracy vs the swept value, one line per variant (rows of a SweepResult),
+    each named by ``labels`` (variant name -> legend text; the variant's name by default).
 
     A diverged point is drawn at 0 with an x marker (its weights are NaN: it has no
     accuracy); skipped values are left out. For variants whose norm uses batch statistics
     a dashed line gives the train-mode accuracy (each test chunk normalized by its own
     batch statistics), so the train/eval gap shows.
     """
+    label = field_title(field)
     names: list[str] = []
     for r in result_rows:
         if r["variant"] not in names:
             names.append(r["variant"])
     fig = go.Figure()
     any_diverged = False
-    for k, name in enumerate(names):
+    for k, variant in enumerate(names):
         color = PALETTE[k % len(PALETTE)]
-        rows = [r for r in result_rows if r["variant"] == name and r["status"] != "skipped"]
+        name = (labels or {}).get(variant, variant)
+        rows = [r for r in result_rows if r["variant"] == variant and r["status"] != "skipped"]
         x, y, symbols, hover = [], [], [], []
         for r in rows:
             x.append(r["value"])
@@ -573,13 +577,13 @@ def sweep_figure(result_rows: list[dict], field: str, log_x: bool = True) -> go.
                 any_diverged = True
                 y.append(0.0)
                 symbols.append("x")
-                hover.append(f"{name}, {field} = {r['value']:g}<br>diverged at step {r['diverged_at']}"
+                hover.append(f"{name}, {label} = {r['value']:g}<br>diverged at step {r['diverged_at']}"
                              if isinstance(r["value"], (int, float)) else f"{name}: diverged")
             else:
                 acc = r["test_acc"]
                 y.append(acc if acc is not None else np.nan)
                 symbols.append("circle")
-                hover.append(f"{name}, {field} = {r['value']:g}<br>test accuracy {acc:.3f}"
+                hover.append(f"{name}, {label} = {r['value']:g}<br>test accuracy {acc:.3f}"
                              if acc is not None and isinstance(r["value"], (int, float)) else f"{name}: {acc}")
         fig.add_trace(go.Scatter(x=x, y=y, name=name, legendgroup=name, mode="lines+markers",
                                  line=dict(color=color, width=2),
@@ -592,9 +596,8 @@ def sweep_figure(result_rows: list[dict], field: str, log_x: bool = True) -> go.
                 x=[r["value"] for r in tm], y=[r["train_mode_acc"] for r in tm], name=f"{name}, train mode",
                 legendgroup=name, mode="lines+markers", line=dict(color=color, width=1.5, dash="dash"),
                 marker=dict(size=5, color=color),
-                hovertext=[f"{name}, {field} = {r['value']}<br>train-mode accuracy {r['train_mode_acc']:.3f} "
+                hovertext=[f"{name}, {label} = {r['value']}<br>train-mode accuracy {r['train_mode_acc']:.3f} "
                            f"(batch statistics)" for r in tm], hoverinfo="text"))
-    label = field_title(field)
     fig.update_xaxes(type="log" if log_x else "linear", title_text=label)
     ticks = sorted({r["value"] for r in result_rows if isinstance(r["value"], (int, float))})
     if 0 < len(ticks) <= 12:  # label exactly the swept values

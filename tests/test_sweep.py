@@ -176,6 +176,8 @@ def test_sweep_figure_has_one_trace_per_variant_with_the_right_points():
     assert sweep_figure(rows, "lr").layout.xaxis.title.text == "learning rate"
     assert list(fig.layout.xaxis.tickvals) == [0.1, 1.0, 10.0]
     assert sweep_figure(rows, "lr", log_x=False).layout.xaxis.type == "linear"
+    named = {t.name for t in sweep_figure(rows, "lr", labels={"bn": "BatchNorm"}).data}
+    assert named == {"plain", "BatchNorm", "BatchNorm, train mode"}
 
 
 # --------------------------------------------------------------------------- CLI

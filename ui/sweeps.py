@@ -136,13 +136,13 @@ def results_ui(slot: SweepSlot, prefix: str, caption: str,
             return
         done, total = job.progress
         state = {"running": "training"}.get(job.state, job.state)
-        st.progress(job.fraction, text=f"{done} / {total} {field_title(field)} values · "
+        st.progress(job.fraction, text=f"{done} / {total} {field_title(field)}s · "
                                        f"{slot.steps:,} steps per run · {state}")
         if job.error:
             st.error(job.error, icon=":material/warning:")
         rows = job.rows
         if rows:
-            st.plotly_chart(sweep_figure(rows, field, log_x=True), key=f"{prefix}.chart", width="stretch",
+            st.plotly_chart(sweep_figure(rows, field, log_x=True, labels=labels), key=f"{prefix}.chart", width="stretch",
                             config={"displaylogo": False})
             st.caption(caption)
             text = summary(rows, job.state == "running")
