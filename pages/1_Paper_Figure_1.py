@@ -7,24 +7,33 @@ from bnviz import presets
 from bnviz.claims import figure1_table
 from bnviz.figures import paper_figure1
 from bnviz.live import session_lab
-from ui.common import chart, downloads_ui, live_fragment, run_controls_ui
+from ui.common import chart, downloads_ui, link_settings_ui, live_fragment, run_controls_ui, write_link
 from ui.navigation import through_app
 
 through_app()  # first: a direct visit runs this file without app.py (ui/navigation.py)
 
 PRESET = presets.get("paper-fig1")
 STEP_CHOICES = {"5,000 (a minute or two)": 5_000, "20,000": 20_000, "50,000 (the paper's length)": 50_000}
+DATASETS = ["mnist", "mnist-mini"]
+LRS = [0.05, 0.1, 0.2, 0.5, 1.0, 2.0]
+# e.g. /Paper_Figure_1?steps=50000&dataset=mnist&lr=0.5: the paper's whole run, for a slide
+LINK = {"steps": ("fig1.steps", {str(n): label for label, n in STEP_CHOICES.items()}),
+        "dataset": ("fig1.dataset", {d: d for d in DATASETS}),
+        "lr": ("fig1.lr", {f"{lr:g}": lr for lr in LRS})}
 
 st.title("Paper Figure 1")
 st.markdown(f"**{PRESET.title}**  \n*Predict, then run.* {PRESET.note}")
 
+link_settings_ui("fig1", LINK)
+st.session_state.setdefault("fig1.lr", 0.5)  # bnviz's choice; set here, so a link's value is not overridden
 with st.sidebar:
     st.header("Figure 1 run")
     steps_label = st.selectbox("Steps", list(STEP_CHOICES), key="fig1.steps")
-    dataset = st.selectbox("Dataset", ["mnist", "mnist-mini"], key="fig1.dataset",
+    dataset = st.selectbox("Dataset", DATASETS, key="fig1.dataset",
                            help="mnist is downloaded once (falls back to the bundled 5,000-digit subset offline)")
-    lr = st.select_slider("Learning rate", [0.05, 0.1, 0.2, 0.5, 1.0, 2.0], value=0.5, key="fig1.lr",
+    lr = st.select_slider("Learning rate", LRS, key="fig1.lr",
                           help="The paper gives none; 0.5 is bnviz's choice (docs/EXPERIMENTS.md)")
+write_link(LINK)  # the address bar is a link to this page as set
 
 lab = session_lab("fig1")
 eval_every = max(STEP_CHOICES[steps_label] // 100, 50)

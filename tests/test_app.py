@@ -169,3 +169,35 @@ def test_every_page_runs_without_exception_under_its_sidebar_title(target, title
     at.switch_page(target).run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.title[0].value == title
+
+
+FIG1 = "pages/1_Paper_Figure_1.py"
+
+
+def open_page(page: str, **query: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=30)
+    for key, value in query.items():
+        at.query_params[key] = value
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_paper_figure_1_link_opens_the_page_as_set_and_the_address_follows_the_widgets():
+    at = open_page(FIG1, steps="50000", dataset="mnist-mini", lr="1.0")  # 1.0 names the choice 1
+    assert at.sidebar.selectbox(key="fig1.steps").value.startswith("50,000")
+    assert at.sidebar.selectbox(key="fig1.dataset").value == "mnist-mini"
+    assert at.sidebar.select_slider(key="fig1.lr").value == 1.0
+    assert not link_warnings(at)
+    assert dict(at.query_params) == {"steps": "50000", "dataset": "mnist-mini", "lr": "1"}
+    at.sidebar.select_slider(key="fig1.lr").set_value(0.2).run()
+    assert dict(at.query_params)["lr"] == "0.2"
+
+
+def test_paper_figure_1_bad_link_values_warn_naming_the_field_and_open_with_the_defaults():
+    at = open_page(FIG1, steps="7", dataset="x", lr="nan")
+    assert link_warnings(at) == [
+        "Link: steps must be one of 5000, 20000, 50000; got '7'; opened with the default",
+        "Link: dataset must be one of mnist, mnist-mini; got 'x'; opened with the default",
+        "Link: lr must be one of 0.05, 0.1, 0.2, 0.5, 1, 2; got 'nan'; opened with the default"]
+    assert dict(at.query_params) == {"steps": "5000", "dataset": "mnist", "lr": "0.5"}

@@ -82,6 +82,15 @@ def test_every_page_address_opens_that_page_in_the_app(app_server, page, address
     assert exceptions(page) == 0
 
 
+def test_a_paper_figure_1_link_with_settings_opens_the_page_set_that_way(app_server, page):
+    open_address(page, f"{app_server.url}/Paper_Figure_1?steps=50000&dataset=mnist-mini&lr=1", "Paper Figure 1")
+    sidebar = page.get_by_test_id("stSidebar")
+    expect(sidebar.get_by_role("combobox", name="Steps")).to_have_value(re.compile(r"^50,000"))
+    expect(sidebar.get_by_role("combobox", name="Dataset")).to_have_value("mnist-mini")
+    expect(page).to_have_url(re.compile(r"/Paper_Figure_1\?steps=50000&dataset=mnist-mini&lr=1$"))
+    assert exceptions(page) == 0
+
+
 def test_paper_figure_1_trains_live_and_fills_its_chart_and_table(app_server, page):
     open_address(page, f"{app_server.url}/Paper_Figure_1", "Paper Figure 1")
     select_option(page, "Dataset", "mnist-mini")  # nothing to download

@@ -16,6 +16,59 @@ from bnviz.report import to_html
 from bnviz.runlog import RunSnapshot, to_csv
 
 
+def link_settings_ui(prefix: str, settings: dict[str, tuple[str, dict[str, object]]]) -> None:
+    """Page settings carried in the address, so that a link opens the page as it was set.
+
+    ``settings``: query name -> (the widget's session key, {text in the link: widget value}).
+    On the session's first run of the page the link's values go into the widgets (a value
+    not allowed: one line naming it and what is allowed; the widget keeps its default);
+    on every run the address is rewritten from the widgets, after they are drawn.
+    """
+    ss = st.session_state
+    done = f"{prefix}.link_read"
+    if done not in ss:
+        ss[done] = []
+        for name, (key, choices) in settings.items():
+            raw = st.query_params.get(name)
+            if raw is None:
+                continue
+            text = _choice(raw, choices)
+            if text is not None:
+                ss[key] = choices[text]
+            else:
+                ss[done].append(f"{name} must be one of {', '.join(choices)}; got {raw!r}")
+    for warning in ss[done]:
+        st.warning(f"Link: {warning}; opened with the default", icon=":material/link:")
+
+
+def _choice(raw: str, choices: dict[str, object]) -> str | None:
+    """The choice a link's text names: as written, or the same number written otherwise (1.0 for 1)."""
+    if raw in choices:
+        return raw
+    try:
+        number = float(raw)
+    except ValueError:
+        return None
+    return next((text for text in choices if _is_number(text) and float(text) == number), None)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def write_link(settings: dict[str, tuple[str, dict[str, object]]]) -> None:
+    """The address bar follows the widgets (``link_settings_ui``'s settings)."""
+    query = {}
+    for name, (key, choices) in settings.items():
+        value = st.session_state.get(key)
+        query.update({name: text for text, v in choices.items() if v == value})
+    st.query_params.from_dict(query)
+
+
 def run_controls_ui(lab: Lab, prefix: str):
     """Start / Pause / Step / Reset; returns a slot beside them for a one-line message."""
     c = st.columns([1, 1, 1, 1, 4])
