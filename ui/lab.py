@@ -38,7 +38,7 @@ from ui.common import chart, downloads_ui, live_fragment, run_controls_ui
 LR_GRID = [round(m * 10.0 ** e, 6) for e in range(-4, 2) for m in (1, 2, 5)] + [100.0]
 # Short enough for a variant's row in the sidebar (normalization beside its placement).
 NORM_LABELS = {"none": "none", "batch": "BatchNorm", "layer": "LayerNorm", "group": "GroupNorm",
-               "batch_renorm": "Batch Renorm", "noisy_batch": "noisy BN"}
+               "batch_renorm": "Renorm", "noisy_batch": "noisy BN"}
 VARIANT_NAMES = {"none": "plain", "batch": "bn", "layer": "layer", "group": "group",
                  "batch_renorm": "renorm", "noisy_batch": "noisy"}
 CUSTOM = "(custom)"

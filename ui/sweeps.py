@@ -77,10 +77,13 @@ def preset_steps(preset: Preset) -> int:
     return next(iter(preset.comparison().variants.values())).steps
 
 
+# A table header or a legend has room for the names the sidebar's NORM_LABELS shorten.
+FULL_NORM_LABELS = {**NORM_LABELS, "none": "plain", "batch_renorm": "Batch Renorm"}
+
+
 def variant_labels(preset: Preset) -> dict[str, str]:
-    """Variant name -> what a table header says: its normalization ("plain" without one)."""
-    return {name: "plain" if cfg.norm == "none" else NORM_LABELS[cfg.norm]
-            for name, cfg in preset.comparison().variants.items()}
+    """Variant name -> what a table header or legend says: its normalization."""
+    return {name: FULL_NORM_LABELS[cfg.norm] for name, cfg in preset.comparison().variants.items()}
 
 
 def accuracy_table(rows: list[dict], field: str, labels: dict[str, str]) -> list[dict]:
@@ -142,8 +145,8 @@ def results_ui(slot: SweepSlot, prefix: str, caption: str,
             st.error(job.error, icon=":material/warning:")
         rows = job.rows
         if rows:
-            st.plotly_chart(sweep_figure(rows, field, log_x=True, labels=labels), key=f"{prefix}.chart", width="stretch",
-                            config={"displaylogo": False})
+            st.plotly_chart(sweep_figure(rows, field, log_x=True, labels=labels), key=f"{prefix}.chart",
+                            width="stretch", config={"displaylogo": False})
             st.caption(caption)
             text = summary(rows, job.state == "running")
             if text:
