@@ -29,10 +29,13 @@ def _full_error_details():
     streamlit.config.set_option("client.showErrorDetails", old)
 
 
-def run_app(**query: str) -> AppTest:
+def run_app(page: str | None = None, **query: str) -> AppTest:
+    """app.py at ``page`` (its script under pages/; the live lab by default), opened with ``query``."""
     at = AppTest.from_file(APP, default_timeout=30)
     for key, value in query.items():
         at.query_params[key] = value
+    if page is not None:
+        at.switch_page(page)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -165,26 +168,15 @@ def test_every_page_runs_without_exception_under_its_sidebar_title(target, title
     """AppTest starts each run as a server does before anyone opened the app's root (with
     Streamlit's pages/ handling on), so this also takes ui.navigation.through_app's reroute;
     tests/test_deep_links.py checks the layout and sidebar that result, in a browser."""
-    at = run_app()
-    at.switch_page(target).run()
-    assert not at.exception, [e.value for e in at.exception]
+    at = run_app(target)
     assert at.title[0].value == title
 
 
 FIG1 = "pages/1_Paper_Figure_1.py"
 
 
-def open_page(page: str, **query: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=30)
-    for key, value in query.items():
-        at.query_params[key] = value
-    at.switch_page(page).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
 def test_paper_figure_1_link_opens_the_page_as_set_and_the_address_follows_the_widgets():
-    at = open_page(FIG1, steps="50000", dataset="mnist-mini", lr="1.0")  # 1.0 names the choice 1
+    at = run_app(FIG1, steps="50000", dataset="mnist-mini", lr="1.0")  # 1.0 names the choice 1
     assert at.sidebar.selectbox(key="fig1.steps").value.startswith("50,000")
     assert at.sidebar.selectbox(key="fig1.dataset").value == "mnist-mini"
     assert at.sidebar.select_slider(key="fig1.lr").value == 1.0
@@ -195,7 +187,7 @@ def test_paper_figure_1_link_opens_the_page_as_set_and_the_address_follows_the_w
 
 
 def test_paper_figure_1_bad_link_values_warn_naming_the_field_and_open_with_the_defaults():
-    at = open_page(FIG1, steps="7", dataset="x", lr="nan")
+    at = run_app(FIG1, steps="7", dataset="x", lr="nan")
     assert link_warnings(at) == [
         "Link: steps must be one of 5000, 20000, 50000; got '7'; opened with the default",
         "Link: dataset must be one of mnist, mnist-mini; got 'x'; opened with the default",
