@@ -254,8 +254,14 @@ class Lab:
 
     @property
     def active(self) -> bool:
-        """Whether the page should keep refreshing (training, queued, or about to)."""
+        """Whether the lab trains or waits for a slot to train."""
         return self.wants_cpu()
+
+    @property
+    def live(self) -> bool:
+        """Whether the page shows a run in motion (training, queued, or settling after a
+        click), so it keeps redrawing; a still run is paused, finished or stopped."""
+        return self.active or self.queue_place is not None or self.settling
 
     # internals ----------------------------------------------------------------------------
     def _granted(self) -> None:

@@ -57,11 +57,11 @@ def sidebar_titles(page) -> list[str]:
     return [text.splitlines()[-1].strip() for text in links.all_inner_texts()]
 
 
-def download(page, label: str) -> bytes:
-    """Click a download button and return the file it gives."""
+def download(page, label: str) -> tuple[bytes, str]:
+    """Click a download button; return the file it gives and the address it came from."""
     with page.expect_download() as info:
         page.get_by_test_id("stMain").get_by_role("button", name=label).click()
-    return Path(info.value.path()).read_bytes()
+    return Path(info.value.path()).read_bytes(), info.value.url
 
 
 def test_first_visit_to_a_fresh_server_straight_to_a_page_gets_the_apps_layout_and_sidebar(app_server, page):
@@ -91,7 +91,7 @@ def test_a_paper_figure_1_link_with_settings_opens_the_page_set_that_way(app_ser
     assert exceptions(page) == 0
 
 
-def test_paper_figure_1_trains_live_and_fills_its_chart_and_table(app_server, page):
+def test_paper_figure_1_trains_live_and_fills_its_chart_and_table(app_server, page, context):
     open_address(page, f"{app_server.url}/Paper_Figure_1", "Paper Figure 1")
     select_option(page, "Dataset", "mnist-mini")  # nothing to download
     button(page, "Start").click()
@@ -101,12 +101,22 @@ def test_paper_figure_1_trains_live_and_fills_its_chart_and_table(app_server, pa
                  "test accuracy points in the Figure 1 chart")
     poll(lambda: chart_points(page, "fig1-").get("chart", 0), lambda n: n > first, 60, f"more than {first} points")
     expect(page.get_by_test_id("stMain").get_by_test_id("stDataFrame")).to_have_count(1)  # "Measured"
+    expect(button(page, "Download CSV (tidy)")).to_be_disabled()  # a file of a moving run is stale at once
     paused = pause_and_settle(page)
     screenshot(page, "pages-paper-figure-1")
     # The run so far, as the CSV a teacher keeps: both nets, up to the step the page shows.
-    record = from_csv(download(page, "Download CSV (tidy)").decode())
+    csv, address = download(page, "Download CSV (tidy)")
+    record = from_csv(csv.decode())
     assert set(record.variants) == {"plain", "bn"}
     assert all(v.steps[-1] == paused.step for v in record.variants.values())
+    # The file must outlive other sessions' script runs. A deferred download's file
+    # (data=callable) went after any two runs in the process, each live page's redraw being
+    # one: with other pages training, a click gave a cancelled download (CI at c85404f).
+    other = context.new_page()
+    for _ in range(3):  # three script runs of another session
+        open_address(other, f"{app_server.url}/{SUB_PAGES[1][0]}", SUB_PAGES[1][1])
+    again = page.request.get(address)
+    assert again.ok and again.body() == csv
     assert exceptions(page) == 0
 
 
@@ -121,7 +131,7 @@ def test_covariate_shift_page_trains_three_nets_and_draws_all_four_charts(app_se
     assert set(charts) == {"loss", "shift", "ics", "smooth"}
     pause_and_settle(page)
     screenshot(page, "pages-covariate-shift")
-    report = download(page, "Download HTML report").decode()
+    report = download(page, "Download HTML report")[0].decode()
     assert "bnviz: ics-measure" in report and "Internal covariate shift as Santurkar et al. measure it" in report
     assert exceptions(page) == 0
 

@@ -101,16 +101,36 @@ def chart(build: Callable[[RunSnapshot], object], snap: RunSnapshot, key: str) -
 
 def downloads_ui(lab: Lab, prefix: str, preset: Preset | None) -> None:
     """The run so far as a tidy CSV and as a self-contained HTML report (with ``preset``'s own
-    figures), each built only when its button is clicked."""
-    trainer = lab.trainer  # the run on the page now, even if a later click replaces it
-    snapshot = lambda: trainer.log.snapshot()  # noqa: E731
-    title, extra = (f"bnviz: {preset.name}", preset.figures) if preset else ("bnviz run", ())
+    figures), offered while the run stands still (paused, finished or stopped).
+
+    The files are built here, in the page's full run, once per run and step, and stay
+    referenced by this page until it next runs in full. Not on click (``data=callable``):
+    Streamlit keeps a file built on click unreferenced, and any two script runs in the
+    process (every live page's redraw is one) delete it, so with other pages training the
+    click gave a cancelled download. While the run moves the buttons wait: a file built
+    then would be stale at once (the charts redraw in a fragment; this part does not).
+    """
+    trainer = lab.trainer
+    files = None if trainer is None or lab.live else _run_files(trainer, prefix, preset)
+    why = None if files else ("Pause the run, or let it finish, to download it" if trainer else "Nothing to download yet")
+    csv, html = files or (b"", b"")
     c1, c2 = st.columns(2)
-    c1.download_button("Download CSV (tidy)", data=lambda: to_csv(snapshot()), file_name="bnviz-metrics.csv",
-                       mime="text/csv", key=f"{prefix}.dl.csv", disabled=trainer is None, on_click="ignore")
-    c2.download_button("Download HTML report", data=lambda: to_html(snapshot(), title, extra=extra),
-                       file_name="bnviz-report.html", mime="text/html", key=f"{prefix}.dl.html",
-                       disabled=trainer is None, on_click="ignore")
+    c1.download_button("Download CSV (tidy)", data=csv, file_name="bnviz-metrics.csv", mime="text/csv",
+                       key=f"{prefix}.dl.csv", disabled=files is None, help=why, on_click="ignore")
+    c2.download_button("Download HTML report", data=html, file_name="bnviz-report.html", mime="text/html",
+                       key=f"{prefix}.dl.html", disabled=files is None, help=why, on_click="ignore")
+
+
+def _run_files(trainer, prefix: str, preset: Preset | None) -> tuple[str, str]:
+    """(CSV, HTML report) of ``trainer``'s run as it stands, rebuilt only when it changed."""
+    snap = trainer.log.snapshot()
+    slot, stands = f"{prefix}.dl.files", (snap.step, trainer.state)
+    kept = st.session_state.get(slot)
+    if kept is None or kept[0] is not trainer or kept[1] != stands:
+        title, extra = (f"bnviz: {preset.name}", preset.figures) if preset else ("bnviz run", ())
+        kept = (trainer, stands, to_csv(snap), to_html(snap, title, extra=extra))
+        st.session_state[slot] = kept
+    return kept[2], kept[3]
 
 
 def status_ui(lab: Lab, snap: RunSnapshot | None) -> None:
@@ -147,10 +167,7 @@ def live_fragment(lab: Lab, draw: Callable[[RunSnapshot], None], empty_hint: str
     the redraws cannot starve the training. A change of interval, and the end of
     training, re-run the page once (a fragment's timer is set by the full run).
     """
-    def is_live() -> bool:
-        return lab.active or lab.queue_place is not None or lab.settling
-
-    live = is_live()
+    live = lab.live
     lab.refresh_s = PACER.interval(lab.refresh_s) if live else None
 
     @st.fragment(run_every=lab.refresh_s)
@@ -165,7 +182,7 @@ def live_fragment(lab: Lab, draw: Callable[[RunSnapshot], None], empty_hint: str
                     "or **Step** to take one step at a time.", icon=":material/info:")
         if not live:
             return
-        if not is_live():
+        if not lab.live:
             PACER.forget(id(lab))
             st.rerun(scope="app")  # training ended or settled: redraw once without the timer
         # What this redraw cost the server (this thread's CPU: building the charts and their
