@@ -92,6 +92,7 @@ class ProtocolTab:
         self._run = _Run()
         self._cache: dict[str, _Element | None] = {}  # message hash -> what it drew (for ref_hash)
         self._timers: dict[str, tuple[float, asyncio.Task]] = {}  # fragment id -> (interval, task)
+        self.fragments: set[str] = set()  # ids of the fragments the server has put on a timer
         self._reader: asyncio.Task | None = None
         self._finished = asyncio.Event()
         self.closed_reason: str | None = None
@@ -110,6 +111,18 @@ class ProtocolTab:
 
     async def click(self, label: str, timeout: float) -> None:
         await self._wait(lambda: label in self.buttons, timeout, f"a {label!r} button")
+        await self._send_rerun(trigger=self.buttons[label])
+
+    async def click_as_a_tick_fires(self, label: str, timeout: float) -> None:
+        """A click in the moment a fragment's timer fires, as Chromium sends it (Streamlit
+        1.67): the tick's fragment-only rerun carries the click's trigger as well, and the
+        click's own full rerun follows with it. The server runs the button's on_click in both."""
+        await self._wait(lambda: label in self.buttons and self.fragments, timeout, f"a {label!r} button and a timer")
+        runs = self.stats.runs_finished
+        await self._send_rerun(trigger=self.buttons[label], fragment_id=next(iter(self.fragments)))
+        # The tick's run is under way or done when the click's own arrives (Chromium sends it
+        # 10-30 ms later); sent at once, the server folds the two requests into one run.
+        await self._wait(lambda: self.stats.runs_finished > runs, timeout, "the tick's run")
         await self._send_rerun(trigger=self.buttons[label])
 
     async def read(self, since: int) -> list[dict]:
@@ -194,6 +207,7 @@ class ProtocolTab:
                 self._cache[msg.hash] = el
             self._drew(el)
         elif kind == "auto_rerun":
+            self.fragments.add(msg.auto_rerun.fragment_id)
             self._set_timer(msg.auto_rerun.fragment_id, msg.auto_rerun.interval)
         elif kind == "stop_auto_rerun":
             for fid in msg.stop_auto_rerun.fragment_ids:

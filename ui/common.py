@@ -6,6 +6,7 @@ import time
 from typing import Callable
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from bnviz.errors import BnvizError
 from bnviz.figures import for_page
@@ -69,6 +70,23 @@ def write_link(settings: dict[str, tuple[str, dict[str, object]]]) -> None:
     st.query_params.from_dict(query)
 
 
+def once_per_click(action: Callable[..., None]) -> Callable[..., None]:
+    """``action`` as the on_click of a button outside any fragment, run once per click.
+
+    Chromium sends a click twice when a live fragment's timer fires in the same moment
+    (Streamlit 1.67): the timer's fragment-only rerun carries the click's trigger as well,
+    then the click's own full rerun follows, and Streamlit runs on_click in both (one Step
+    took two steps, one Add would add two variants). The full rerun always comes, so a
+    fragment-only run leaves the click to it. tests/test_clicks.py sends the two messages.
+    """
+    def on_click(*args, **kwargs) -> None:
+        ctx = get_script_run_ctx()
+        if ctx is not None and ctx.fragment_ids_this_run:
+            return
+        action(*args, **kwargs)
+    return on_click
+
+
 def run_controls_ui(lab: Lab, prefix: str):
     """Start / Pause / Step / Reset; returns a slot beside them for a one-line message."""
     c = st.columns([1, 1, 1, 1, 4])
@@ -86,6 +104,7 @@ def run_controls_ui(lab: Lab, prefix: str):
     return c[4]
 
 
+@once_per_click
 def _guard(action, prefix: str) -> None:
     try:
         action()
@@ -112,7 +131,7 @@ def downloads_ui(lab: Lab, prefix: str, preset: Preset | None) -> None:
     """
     trainer = lab.trainer
     files = None if trainer is None or lab.live else _run_files(trainer, prefix, preset)
-    why = None if files else ("Pause the run, or let it finish, to download it" if trainer else "Nothing to download yet")
+    why = None if files else "Pause the run, or let it finish, to download it" if trainer else "Nothing to download yet"
     csv, html = files or (b"", b"")
     c1, c2 = st.columns(2)
     c1.download_button("Download CSV (tidy)", data=csv, file_name="bnviz-metrics.csv", mime="text/csv",

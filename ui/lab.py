@@ -33,7 +33,7 @@ from bnviz.figures import FIGURES, preset_figures
 from bnviz.limits import current as current_limits
 from bnviz.live import SPEEDS, Lab, session_lab
 from bnviz.trainer import resolve_device
-from ui.common import chart, downloads_ui, live_fragment, run_controls_ui
+from ui.common import chart, downloads_ui, live_fragment, once_per_click, run_controls_ui
 
 LR_GRID = [round(m * 10.0 ** e, 6) for e in range(-4, 2) for m in (1, 2, 5)] + [100.0]
 # Short enough for a variant's row in the sidebar (normalization beside its placement).
@@ -229,15 +229,15 @@ def variants_ui() -> None:
     with c1:
         st.selectbox("Add a variant", NORMS, key="lab.w.add_norm", format_func=NORM_LABELS.get)
     with c2:
-        st.button("Add", key="lab.w.add", on_click=_add_variant, disabled=len(cmp.variants) >= 8,
-                  width="stretch")
+        st.button("Add", key="lab.w.add", on_click=once_per_click(_add_variant),
+                  disabled=len(cmp.variants) >= 8, width="stretch")
     c1, c2 = st.columns([5.5, 4.5], vertical_alignment="bottom")
     with c1:
         st.selectbox("Remove a variant", list(cmp.variants), index=len(cmp.variants) - 1, key="lab.w.remove_pick",
                      disabled=len(cmp.variants) <= 1)
     with c2:
-        st.button("Remove", key="lab.w.remove", on_click=_remove_picked, disabled=len(cmp.variants) <= 1,
-                  width="stretch")
+        st.button("Remove", key="lab.w.remove", on_click=once_per_click(_remove_picked),
+                  disabled=len(cmp.variants) <= 1, width="stretch")
     _field_error("variants")
 
 

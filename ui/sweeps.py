@@ -18,6 +18,7 @@ from bnviz.figures import field_title, sweep_figure
 from bnviz.live import POOL
 from bnviz.presets import Preset
 from bnviz.sweep import SweepJob, alive_sweeps
+from ui.common import once_per_click
 from ui.lab import NORM_LABELS
 
 log = logging.getLogger("bnviz.sweeps")
@@ -115,9 +116,9 @@ def controls_ui(slot: SweepSlot, prefix: str, step_choices: dict[str, int], head
                                         "variants) trains this many steps.")
     c = st.columns([1, 1, 5])
     c[0].button("Start", icon=":material/play_arrow:", key=f"{prefix}.start", type="primary",
-                disabled=slot.running, on_click=lambda: slot.start(step_choices[steps_label]))
+                disabled=slot.running, on_click=once_per_click(lambda: slot.start(step_choices[steps_label])))
     c[1].button("Stop", icon=":material/stop:", key=f"{prefix}.stop", disabled=not slot.running,
-                on_click=slot.stop)
+                on_click=once_per_click(slot.stop))
     if slot.message:
         st.warning(slot.message, icon=":material/hourglass_top:")
 
