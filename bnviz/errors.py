@@ -17,7 +17,9 @@ class DataError(BnvizError):
     """A dataset could not be loaded (and no fallback applied)."""
 
 
-def training_failure(exc: BaseException) -> str:
-    """The one line a run that raised ends with: 'training failed: Type: first line', <= 300 chars."""
+def training_failure(exc: BaseException, what: str = "training") -> str:
+    """The one line a run that raised ends with, <= 300 chars: '<what> failed: Type: first
+    line'; a BnvizError's message, written for the user already, comes without its type."""
     first = str(exc).splitlines()[0] if str(exc) else ""
-    return f"training failed: {type(exc).__name__}: {first}"[:300]
+    kind = "" if isinstance(exc, BnvizError) else f"{type(exc).__name__}: "
+    return f"{what} failed: {kind}{first}"[:300]

@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from bnviz.config import BATCH_STAT_NORMS, Comparison, RunConfig
-from bnviz.errors import BnvizError, ConfigError
+from bnviz.errors import ConfigError, training_failure
 from bnviz.norms import BatchRenorm
 from bnviz.remote import WORKER_NICE
 
@@ -454,8 +454,7 @@ class SweepJob:
             if not result.complete:
                 final = "stopped"
         except Exception as exc:  # any cause: the job ends with its message, the server goes on
-            kind = "" if isinstance(exc, BnvizError) else f"{type(exc).__name__}: "
-            self.error = f"sweep failed: {kind}{str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+            self.error = training_failure(exc, "sweep")
             final = "failed"
         with self._lock:
             self._state = final
