@@ -7,14 +7,21 @@ import streamlit as st
 from bnviz import presets
 from bnviz.figures import ics_figure, loss_accuracy, shift_scores, smoothness_figure
 from bnviz.live import session_lab
-from ui.common import chart, downloads_ui, live_fragment, run_controls_ui
+from ui.common import chart, downloads_ui, link_settings_ui, live_fragment, run_controls_ui, write_link
 from ui.navigation import through_app
 
 through_app()  # first: a direct visit runs this file without app.py (ui/navigation.py)
 
 PRESET = presets.get("ics-measure")
+STEPS, EVERY = [1_000, 3_000, 10_000], [25, 50, 100, 250]
+# e.g. /Does_BN_reduce_covariate_shift?steps=10000&every=50: a longer run, probed more often
+LINK = {"steps": ("ics.steps", {f"{n}": n for n in STEPS}), "every": ("ics.every", {f"{k}": k for k in EVERY})}
 
 st.title("Does BN really reduce covariate shift?")
+link_settings_ui("ics", LINK)
+# The defaults, set here so that a link's values are not overridden
+st.session_state.setdefault("ics.steps", 3_000)
+st.session_state.setdefault("ics.every", 100)
 st.markdown(
     "**The 2015 explanation.** Ioffe & Szegedy introduced BN to reduce *internal covariate shift*: "
     "as earlier layers learn, the distribution of each layer's input keeps changing, and the layer must "
@@ -39,9 +46,10 @@ st.caption(f"Predict, then run. {PRESET.note}  \nSource: {PRESET.source}.")
 
 with st.sidebar:
     st.header("Run")
-    steps = st.select_slider("Steps", [1_000, 3_000, 10_000], value=3_000, key="ics.steps")
-    every = st.select_slider("Probe every k steps", [25, 50, 100, 250], value=100, key="ics.every",
+    steps = st.select_slider("Steps", STEPS, key="ics.steps")
+    every = st.select_slider("Probe every k steps", EVERY, key="ics.every",
                              help="The ICS measure and the smoothness probes cost depth + 6 extra passes each time")
+write_link(LINK)  # the address bar is a link to this page as set
 
 lab = session_lab("ics")
 lab.configure(PRESET.comparison().with_all(steps=steps, landscape_every=every))

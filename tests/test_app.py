@@ -193,3 +193,32 @@ def test_paper_figure_1_bad_link_values_warn_naming_the_field_and_open_with_the_
         "Link: dataset must be one of mnist, mnist-mini; got 'x'; opened with the default",
         "Link: lr must be one of 0.05, 0.1, 0.2, 0.5, 1, 2; got 'nan'; opened with the default"]
     assert dict(at.query_params) == {"steps": "5000", "dataset": "mnist", "lr": "0.5"}
+
+
+ICS = "pages/3_Does_BN_reduce_covariate_shift.py"
+
+
+def test_covariate_shift_page_link_opens_the_page_as_set_and_the_address_follows_the_widgets():
+    at = run_app(ICS, steps="10000", every="50")
+    assert at.sidebar.select_slider(key="ics.steps").value == 10_000
+    assert at.sidebar.select_slider(key="ics.every").value == 50
+    assert not link_warnings(at) and not at.exception
+    assert dict(at.query_params) == {"steps": "10000", "every": "50"}
+    at.sidebar.select_slider(key="ics.every").set_value(250).run()
+    assert dict(at.query_params) == {"steps": "10000", "every": "250"}
+
+
+def test_covariate_shift_page_bad_link_value_warns_naming_the_field_and_opens_with_the_default():
+    at = run_app(ICS, every="7")
+    assert link_warnings(at) == ["Link: every must be one of 25, 50, 100, 250; got '7'; opened with the default"]
+    assert dict(at.query_params) == {"steps": "3000", "every": "100"}
+
+
+@pytest.mark.parametrize("page,prefix", [("pages/4_Batch_size_and_alternatives.py", "bsweep"),
+                                         ("pages/5_Larger_learning_rates.py", "lrsweep")])
+def test_a_sweep_page_link_sets_the_steps_per_run_and_the_address_follows(page, prefix):
+    at = run_app(page, steps="1000")
+    assert at.sidebar.selectbox(key=f"{prefix}.steps").value.startswith("1,000 per run")
+    assert not link_warnings(at) and not at.exception
+    assert dict(at.query_params) == {"steps": "1000"}
+    assert run_app(page, steps="12").query_params["steps"] == "300"  # with a warning, at the default

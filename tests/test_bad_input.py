@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bnviz import cli, presets, share
+from bnviz.errors import ConfigError, training_failure
 
 # (case, --set pairs, a word the one-line message must contain)
 BAD = [
@@ -130,8 +131,6 @@ def test_an_absurd_learning_rate_is_not_an_error_the_run_diverges_and_says_so(ca
 
 
 def test_a_run_that_raised_ends_with_one_line_typed_unless_written_for_the_user():
-    from bnviz.errors import ConfigError, training_failure
-
     assert training_failure(RuntimeError("shape mismatch\n  at layer 2")) == "training failed: RuntimeError: shape mismatch"
     assert training_failure(ConfigError("lr must be > 0; got -1"), "sweep") == "sweep failed: lr must be > 0; got -1"
     assert len(training_failure(MemoryError("x" * 1000))) == 300

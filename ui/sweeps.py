@@ -18,7 +18,7 @@ from bnviz.figures import field_title, sweep_figure
 from bnviz.live import POOL
 from bnviz.presets import Preset
 from bnviz.sweep import SweepJob, alive_sweeps
-from ui.common import once_per_click
+from ui.common import link_settings_ui, once_per_click, write_link
 from ui.lab import NORM_LABELS
 
 log = logging.getLogger("bnviz.sweeps")
@@ -166,7 +166,11 @@ def sweep_page(title: str, preset: Preset, prefix: str, step_choices: dict[str, 
     st.title(title)
     st.markdown(f"**{preset.title}**  \n*Predict, then run.* {preset.note}")
     slot = session_slot(preset.name)
+    # e.g. /Larger_learning_rates?steps=1000: the sweep's length in the address, for a slide
+    link = {"steps": (f"{prefix}.steps", {f"{n}": label for label, n in step_choices.items()})}
+    link_settings_ui(prefix, link)
     controls_ui(slot, prefix, step_choices, sidebar_header)
+    write_link(link)
     left, right = st.columns([3, 1])
     with right:
         st.subheader("What the papers report")
