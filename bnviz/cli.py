@@ -131,7 +131,7 @@ def _run_sweep(args, comparison: Comparison, sweep: tuple[str, tuple], jobs: int
     (out / "sweep.csv").write_text(result.to_csv(), encoding="utf-8")
     preset = presets.get(args.preset)
     (out / "report.html").write_text(to_html(result, f"bnviz: {args.preset} ({field} sweep)", preset.note,
-                                             threshold), encoding="utf-8")
+                                             threshold, labels=comparison.labels()), encoding="utf-8")
     for r in result.rows:
         if r["status"] == "skipped":
             print(f"{field}={r['value']} {r['variant']}: skipped ({r['message']})")

@@ -28,6 +28,9 @@ from bnviz.errors import ConfigError
 MODELS = ("mlp", "cnn")
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "gelu")
 NORMS = ("none", "batch", "layer", "group", "batch_renorm", "noisy_batch")
+# What a legend or a table header calls a variant of each norm (the lab's sidebar shortens some).
+NORM_NAMES = {"none": "plain", "batch": "BatchNorm", "layer": "LayerNorm", "group": "GroupNorm",
+              "batch_renorm": "Batch Renorm", "noisy_batch": "noisy BN"}
 # Norms that use batch statistics: they need more than one value per channel.
 BATCH_STAT_NORMS = frozenset({"batch", "batch_renorm", "noisy_batch"})
 PLACEMENTS = ("before", "after")
@@ -220,6 +223,12 @@ class Comparison:
     """Named variants trained side by side on the same batches from the same seed."""
 
     variants: dict[str, RunConfig]
+
+    def labels(self) -> dict[str, str]:
+        """Variant name -> its norm's name (NORM_NAMES) for legends and tables, where the
+        norms tell the variants apart; else the variants' own names."""
+        by_norm = {name: NORM_NAMES[cfg.norm] for name, cfg in self.variants.items()}
+        return by_norm if len(set(by_norm.values())) == len(by_norm) else {name: name for name in self.variants}
 
     def __post_init__(self) -> None:
         if not self.variants:

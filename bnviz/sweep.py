@@ -466,21 +466,23 @@ def alive_sweeps() -> int:
 
 # ----------------------------------------------------------------------------- report
 def to_html(result: SweepResult, title: str = "bnviz sweep", note: str | None = None,
-            threshold: float | None = None) -> str:
+            threshold: float | None = None, labels: dict[str, str] | None = None) -> str:
     """A self-contained HTML page (plotly.js inline): the sweep figure, the largest stable
-    value per variant and the table of rows."""
+    value per variant and the table of rows. ``labels``: variant name -> legend text, as the
+    app's sweep pages name them (Comparison.labels); the variants' names by default."""
     import html
 
     from bnviz.figures import sweep_figure
 
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in result.values)
-    fig = sweep_figure(result.rows, result.field, log_x=numeric)
+    labels = labels or {}
+    fig = sweep_figure(result.rows, result.field, log_x=numeric, labels=labels)
     fig_html = fig.to_html(full_html=False, include_plotlyjs="inline", config={"displaylogo": False})
     esc = html.escape
     stable = ""
     if threshold is not None:
         items = "".join(
-            f"<li><b>{esc(n)}</b>: largest {esc(_cell(result.largest_stable(n, threshold)) or 'none')}, "
+            f"<li><b>{esc(labels.get(n, n))}</b>{f' ({esc(n)})' if n in labels else ''}: largest {esc(_cell(result.largest_stable(n, threshold)) or 'none')}, "
             f"smallest {esc(_cell(result.smallest_stable(n, threshold)) or 'none')}</li>"
             for n in result.variants)
         stable = (f"<h2>Stable {esc(result.field)} values</h2><p>Stable: no divergence and final test "

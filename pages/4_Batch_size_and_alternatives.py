@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from bnviz import presets
 from ui.navigation import through_app
-from ui.sweeps import preset_steps, sweep_page, variant_labels
+from ui.sweeps import preset_steps, sweep_page
 
 through_app()  # first: a direct visit runs this file without app.py (ui/navigation.py)
 
 PRESET = presets.get("small-batch")
 STEP_CHOICES = {"300 per run (a minute or less)": 300, "1,000 per run": 1_000,
                 f"{preset_steps(PRESET):,} per run (the preset's length, several minutes)": preset_steps(PRESET)}
-LABELS = variant_labels(PRESET)
+LABELS = PRESET.comparison().labels()
 
 
 def measured_text(rows: list[dict], running: bool) -> str | None:

@@ -7,14 +7,14 @@ from bnviz import presets
 from bnviz.claims import sweep_threshold
 from bnviz.sweep import largest_stable
 from ui.navigation import through_app
-from ui.sweeps import preset_steps, sweep_page, variant_labels
+from ui.sweeps import preset_steps, sweep_page
 
 through_app()  # first: a direct visit runs this file without app.py (ui/navigation.py)
 
 PRESET = presets.get("high-lr")
 STEP_CHOICES = {"300 per run (under a minute)": 300,
                 f"{preset_steps(PRESET):,} per run (the preset's length)": preset_steps(PRESET)}
-LABELS = variant_labels(PRESET)
+LABELS = PRESET.comparison().labels()
 
 
 def largest_rates_text(rows: list[dict], running: bool) -> str | None:

@@ -195,6 +195,8 @@ def test_cli_on_a_sweep_preset_writes_config_csv_and_report(capsys, tmp_path):
     assert {ln["steps"] for ln in lines if ln["status"] == "finished"} == {"3"}
     html = (out / "report.html").read_text()
     assert len(html) > 1_000_000 and 'src="https://cdn.plot.ly' not in html  # plotly.js inline
+    # Its lines are named as on the app's page (Comparison.labels), its stable list says both.
+    assert '"name":"BatchNorm"' in html and "<b>BatchNorm</b> (bn): largest" in html
     assert "largest stable lr" in stdout and "  plain: " in stdout and "  bn: " in stdout
     assert not (out / "metrics.csv").exists()
 
@@ -269,3 +271,10 @@ def test_sweep_csv_reads_back_to_the_same_rows():
          "message": "loss became NaN"},
     ]
     assert rows_from_csv(rows_to_csv(rows)) == rows
+
+
+def test_variants_are_labelled_by_their_norm_unless_two_share_one():
+    assert presets.get("small-batch").comparison().labels() == {
+        "bn": "BatchNorm", "layer": "LayerNorm", "group": "GroupNorm", "renorm": "Batch Renorm"}
+    two_bn = Comparison({"slow": RunConfig(norm="batch", lr=0.01), "fast": RunConfig(norm="batch", lr=1.0)})
+    assert two_bn.labels() == {"slow": "slow", "fast": "fast"}

@@ -22,6 +22,7 @@ from bnviz.config import (
     FIELD_BY_NAME,
     INITS,
     MODELS,
+    NORM_NAMES,
     NORMS,
     OPTIMIZERS,
     PLACEMENTS,
@@ -37,8 +38,7 @@ from ui.common import chart, downloads_ui, live_fragment, once_per_click, run_co
 
 LR_GRID = [round(m * 10.0 ** e, 6) for e in range(-4, 2) for m in (1, 2, 5)] + [100.0]
 # Short enough for a variant's row in the sidebar (normalization beside its placement).
-NORM_LABELS = {"none": "none", "batch": "BatchNorm", "layer": "LayerNorm", "group": "GroupNorm",
-               "batch_renorm": "Renorm", "noisy_batch": "noisy BN"}
+NORM_LABELS = {**NORM_NAMES, "none": "none", "batch_renorm": "Renorm"}
 VARIANT_NAMES = {"none": "plain", "batch": "bn", "layer": "layer", "group": "group",
                  "batch_renorm": "renorm", "noisy_batch": "noisy"}
 CUSTOM = "(custom)"

@@ -19,7 +19,6 @@ from bnviz.live import POOL
 from bnviz.presets import Preset
 from bnviz.sweep import SweepJob, alive_sweeps
 from ui.common import link_settings_ui, once_per_click, write_link
-from ui.lab import NORM_LABELS
 
 log = logging.getLogger("bnviz.sweeps")
 
@@ -78,15 +77,6 @@ def preset_steps(preset: Preset) -> int:
     return next(iter(preset.comparison().variants.values())).steps
 
 
-# A table header or a legend has room for the names the sidebar's NORM_LABELS shorten.
-FULL_NORM_LABELS = {**NORM_LABELS, "none": "plain", "batch_renorm": "Batch Renorm"}
-
-
-def variant_labels(preset: Preset) -> dict[str, str]:
-    """Variant name -> what a table header or legend says: its normalization."""
-    return {name: FULL_NORM_LABELS[cfg.norm] for name, cfg in preset.comparison().variants.items()}
-
-
 def accuracy_table(rows: list[dict], field: str, labels: dict[str, str]) -> list[dict]:
     """One line per swept value: final test accuracy per variant (train-mode beside it where
     the norm has one), as text: one type per column, as Arrow wants for st.dataframe."""
@@ -128,7 +118,7 @@ def results_ui(slot: SweepSlot, prefix: str, caption: str,
     """Progress, the chart, ``summary(rows, running)`` and the table, redrawn every second
     while the sweep runs."""
     field = slot.preset.sweep[0]
-    labels = variant_labels(slot.preset)
+    labels = slot.preset.comparison().labels()
     live = slot.running
 
     @st.fragment(run_every=1.0 if live else None)
