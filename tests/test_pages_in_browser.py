@@ -102,6 +102,7 @@ def test_paper_figure_1_trains_live_and_fills_its_chart_and_table(app_server, pa
     poll(lambda: chart_points(page, "fig1-").get("chart", 0), lambda n: n > first, 60, f"more than {first} points")
     expect(page.get_by_test_id("stMain").get_by_test_id("stDataFrame")).to_have_count(1)  # "Measured"
     expect(button(page, "Download CSV (tidy)")).to_be_disabled()  # a file of a moving run is stale at once
+    expect(page.get_by_text("Pause the run, or let it finish, to download it.")).to_be_visible()
     paused = pause_and_settle(page)
     screenshot(page, "pages-paper-figure-1")
     # The run so far, as the CSV a teacher keeps: both nets, up to the step the page shows.

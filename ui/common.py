@@ -131,13 +131,14 @@ def downloads_ui(lab: Lab, prefix: str, preset: Preset | None) -> None:
     """
     trainer = lab.trainer
     files = None if trainer is None or lab.live else _run_files(trainer, prefix, preset)
-    why = None if files else "Pause the run, or let it finish, to download it" if trainer else "Nothing to download yet"
     csv, html = files or (b"", b"")
     c1, c2 = st.columns(2)
     c1.download_button("Download CSV (tidy)", data=csv, file_name="bnviz-metrics.csv", mime="text/csv",
-                       key=f"{prefix}.dl.csv", disabled=files is None, help=why, on_click="ignore")
+                       key=f"{prefix}.dl.csv", disabled=files is None, on_click="ignore")
     c2.download_button("Download HTML report", data=html, file_name="bnviz-report.html", mime="text/html",
-                       key=f"{prefix}.dl.html", disabled=files is None, help=why, on_click="ignore")
+                       key=f"{prefix}.dl.html", disabled=files is None, on_click="ignore")
+    if trainer is not None and files is None:  # a disabled button shows no tooltip: say why beneath
+        st.caption("Pause the run, or let it finish, to download it.")
 
 
 def _run_files(trainer, prefix: str, preset: Preset | None) -> tuple[str, str]:
