@@ -141,14 +141,17 @@ def downloads_ui(lab: Lab, prefix: str, preset: Preset | None) -> None:
         st.caption("Pause the run, or let it finish, to download it.")
 
 
-def _run_files(trainer, prefix: str, preset: Preset | None) -> tuple[str, str]:
-    """(CSV, HTML report) of ``trainer``'s run as it stands, rebuilt only when it changed."""
+def _run_files(trainer, prefix: str, preset: Preset | None) -> tuple[bytes, bytes]:
+    """(CSV, HTML report) of ``trainer``'s run as it stands, rebuilt only when it changed.
+
+    Kept as bytes: Streamlit's file store keeps the very object it is given, so the session
+    holds one copy (~6 MB for a report, plotly.js inline), not two."""
     snap = trainer.log.snapshot()
     slot, stands = f"{prefix}.dl.files", (snap.step, trainer.state)
     kept = st.session_state.get(slot)
     if kept is None or kept[0] is not trainer or kept[1] != stands:
         title, extra = (f"bnviz: {preset.name}", preset.figures) if preset else ("bnviz run", ())
-        kept = (trainer, stands, to_csv(snap), to_html(snap, title, extra=extra))
+        kept = (trainer, stands, to_csv(snap).encode(), to_html(snap, title, extra=extra).encode())
         st.session_state[slot] = kept
     return kept[2], kept[3]
 
