@@ -604,8 +604,10 @@ def sweep_figure(result_rows: list[dict], field: str, log_x: bool = True,
         fig.update_xaxes(tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
     fig.update_yaxes(range=[-0.02, 1.02], title_text="final test accuracy")
     if any_diverged:
-        fig.add_annotation(x=1, y=0.02, xref="paper", yref="paper", xanchor="right", yanchor="bottom",
-                           showarrow=False, text="× = diverged (loss became NaN; drawn at 0)",
+        # Under the legend, not in the plot: diverged points lie along its bottom edge, at
+        # the large rates on the right of a learning-rate sweep, the small batches on the left.
+        fig.add_annotation(x=1.02, y=0, xref="paper", yref="paper", xanchor="left", yanchor="bottom", align="left",
+                           showarrow=False, text="× = diverged<br>(loss became NaN,<br>drawn at 0)",
                            font=dict(color="#666", size=11))
     fig = _layout(fig, f"Final test accuracy vs {label}", 420)
     # Up to 8 entries (each norm, and its train-mode line): a column on the right, where a
