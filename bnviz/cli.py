@@ -100,6 +100,7 @@ def _run_sweep(args, comparison: Comparison, sweep: tuple[str, tuple], jobs: int
     from tqdm import tqdm
 
     from bnviz import parallel
+    from bnviz.claims import sweep_threshold
     from bnviz.sweep import plan, run_lengths, run_sweep, to_html
 
     if args.threshold is not None and not 0 <= args.threshold <= 1:
@@ -126,8 +127,7 @@ def _run_sweep(args, comparison: Comparison, sweep: tuple[str, tuple], jobs: int
         result = run_sweep(spec, progress=progress, jobs=jobs, threads=parallel.threads_each(jobs))
     finally:
         bar.close()
-    best = max((r["test_acc"] for r in result.rows if r["test_acc"] is not None), default=0.0)
-    threshold = args.threshold if args.threshold is not None else round(0.9 * best, 3)
+    threshold = args.threshold if args.threshold is not None else sweep_threshold(result.rows)
     (out / "sweep.csv").write_text(result.to_csv(), encoding="utf-8")
     preset = presets.get(args.preset)
     (out / "report.html").write_text(to_html(result, f"bnviz: {args.preset} ({field} sweep)", preset.note,

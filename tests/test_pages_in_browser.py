@@ -10,6 +10,8 @@ so its first test is that server's first visit.
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -143,11 +145,19 @@ def test_batch_size_sweep_fills_its_chart_batch_size_by_batch_size_and_stops(app
     poll(lambda: chart_points(page, "bsweep-").get("chart", 0), lambda n: n >= 1, 120,
          "the first batch size's results in the chart")
     expect(page.get_by_test_id("stMain").get_by_test_id("stDataFrame")).to_have_count(1)
+    expect(page.get_by_text("Stop the sweep, or let it finish, to download it.")).to_be_visible()
     button(page, "Stop").click()
-    poll(lambda: progress_text(page) or "", lambda t: "stopped" in t or "finished" in t, 60,
-         "the sweep to say stopped")
+    text = poll(lambda: progress_text(page) or "", lambda t: "stopped" in t or "finished" in t, 60,
+                "the sweep to say stopped")
     expect(button(page, "Start")).to_be_enabled()
     screenshot(page, "pages-batch-size-sweep")
+    # The sweep as the CLI writes it: a row per batch size done and norm, the report says it stopped.
+    rows = list(csv.DictReader(io.StringIO(download(page, "Download CSV")[0].decode())))
+    assert rows and {r["field"] for r in rows} == {"batch_size"}
+    assert {r["variant"] for r in rows} == {"bn", "layer", "group", "renorm"}
+    report = download(page, "Download HTML report")[0].decode()
+    assert '"name":"Batch Renorm"' in report
+    assert ("Stopped before the last value" in report) == ("stopped" in text)
     assert exceptions(page) == 0
 
 
@@ -163,6 +173,9 @@ def test_learning_rate_sweep_runs_every_rate_and_names_the_largest_each_net_trai
     assert chart_points(page, "lrsweep-").get("chart", 0) == len(rates)  # plain: one point per rate
     expect(main.get_by_test_id("stDataFrame")).to_have_count(1)
     screenshot(page, "pages-learning-rate-sweep")
+    report = download(page, "Download HTML report")[0].decode()
+    assert "Stable lr values" in report and "<b>BatchNorm</b> (bn): largest" in report
+    assert "Stopped before the last value" not in report
     assert exceptions(page) == 0
 
 

@@ -131,28 +131,41 @@ def downloads_ui(lab: Lab, prefix: str, preset: Preset | None) -> None:
     """
     trainer = lab.trainer
     files = None if trainer is None or lab.live else _run_files(trainer, prefix, preset)
-    csv, html = files or (b"", b"")
-    c1, c2 = st.columns(2)
-    c1.download_button("Download CSV (tidy)", data=csv, file_name="bnviz-metrics.csv", mime="text/csv",
-                       key=f"{prefix}.dl.csv", disabled=files is None, on_click="ignore")
-    c2.download_button("Download HTML report", data=html, file_name="bnviz-report.html", mime="text/html",
-                       key=f"{prefix}.dl.html", disabled=files is None, on_click="ignore")
-    if trainer is not None and files is None:  # a disabled button shows no tooltip: say why beneath
-        st.caption("Pause the run, or let it finish, to download it.")
+    download_buttons(prefix, ("Download CSV (tidy)", "bnviz-metrics.csv"),
+                     ("Download HTML report", "bnviz-report.html"), files,
+                     "Pause the run, or let it finish, to download it." if trainer is not None else None)
+
+
+def download_buttons(prefix: str, csv: tuple[str, str], html: tuple[str, str], files: tuple[bytes, bytes] | None,
+                     waiting: str | None) -> None:
+    """A CSV and an HTML button side by side (``csv``, ``html``: label and file name) offering
+    ``files``, built beforehand (see downloads_ui for why); None: both disabled, ``waiting``
+    beneath (a disabled button shows no tooltip)."""
+    data = files or (b"", b"")
+    for col, (label, name), mime, body in zip(st.columns(2), (csv, html), ("text/csv", "text/html"), data):
+        col.download_button(label, data=body, file_name=name, mime=mime, disabled=files is None, on_click="ignore",
+                            key=f"{prefix}.dl.{name.rpartition('.')[2]}")
+    if files is None and waiting:
+        st.caption(waiting)
 
 
 def _run_files(trainer, prefix: str, preset: Preset | None) -> tuple[bytes, bytes]:
-    """(CSV, HTML report) of ``trainer``'s run as it stands, rebuilt only when it changed.
-
-    Kept as bytes: Streamlit's file store keeps the very object it is given, so the session
-    holds one copy (~6 MB for a report, plotly.js inline), not two."""
+    """(CSV, HTML report) of ``trainer``'s run as it stands."""
     snap = trainer.log.snapshot()
-    slot, stands = f"{prefix}.dl.files", (snap.step, trainer.state)
-    kept = st.session_state.get(slot)
-    if kept is None or kept[0] is not trainer or kept[1] != stands:
-        title, extra = (f"bnviz: {preset.name}", preset.figures) if preset else ("bnviz run", ())
-        kept = (trainer, stands, to_csv(snap).encode(), to_html(snap, title, extra=extra).encode())
-        st.session_state[slot] = kept
+    title, extra = (f"bnviz: {preset.name}", preset.figures) if preset else ("bnviz run", ())
+    return kept_files(f"{prefix}.dl.files", trainer, (snap.step, trainer.state),
+                      lambda: (to_csv(snap), to_html(snap, title, extra=extra)))
+
+
+def kept_files(key: str, owner: object, stands: object, build: Callable[[], tuple[str, str]]) -> tuple[bytes, bytes]:
+    """``build()``'s files, kept in the session under ``key`` and rebuilt only when ``owner``
+    (a run, a sweep) or how it ``stands`` changed. Kept as bytes: Streamlit's file store keeps
+    the very object it is given, so the session holds one copy (~6 MB for a report, plotly.js
+    inline), not two."""
+    kept = st.session_state.get(key)
+    if kept is None or kept[0] is not owner or kept[1] != stands:
+        kept = (owner, stands, *(text.encode() for text in build()))
+        st.session_state[key] = kept
     return kept[2], kept[3]
 
 

@@ -17,8 +17,9 @@ from bnviz import limits, presets
 from bnviz.figures import field_title, sweep_figure
 from bnviz.live import POOL
 from bnviz.presets import Preset
-from bnviz.sweep import SweepJob, alive_sweeps
-from ui.common import link_settings_ui, once_per_click, write_link
+from bnviz.claims import sweep_threshold
+from bnviz.sweep import SweepJob, SweepResult, alive_sweeps, to_html
+from ui.common import download_buttons, kept_files, link_settings_ui, once_per_click, write_link
 
 log = logging.getLogger("bnviz.sweeps")
 
@@ -149,6 +150,24 @@ def results_ui(slot: SweepSlot, prefix: str, caption: str,
     results()
 
 
+def downloads_ui(slot: SweepSlot, prefix: str) -> None:
+    """The sweep as the CLI writes it (sweep.csv, report.html) once it has ended: finished,
+    stopped (the report says so) or failed with rows in."""
+    job = slot.job
+    ended = job is not None and job.state != "running" and bool(rows := job.rows)
+    files = _sweep_files(job, rows, slot.preset, prefix) if ended else None
+    download_buttons(prefix, ("Download CSV", "bnviz-sweep.csv"), ("Download HTML report", "bnviz-sweep-report.html"),
+                     files, "Stop the sweep, or let it finish, to download it." if slot.running else None)
+
+
+def _sweep_files(job: SweepJob, rows: list[dict], preset: Preset, prefix: str) -> tuple[bytes, bytes]:
+    def build() -> tuple[str, str]:
+        result = SweepResult(job.field, job.values, job.comparison.names, rows, complete=job.state == "finished")
+        return result.to_csv(), to_html(result, f"bnviz: {preset.name} ({job.field} sweep)", preset.note,
+                                         sweep_threshold(rows), labels=job.comparison.labels())
+    return kept_files(f"{prefix}.dl.files", job, (len(rows), job.state), build)
+
+
 def sweep_page(title: str, preset: Preset, prefix: str, step_choices: dict[str, int], sidebar_header: str,
                papers: list[str], caption: str, summary: Callable[[list[dict], bool], str | None]) -> None:
     """A whole sweep page: the preset's "predict, then run" note, Start / Stop, the results
@@ -168,3 +187,5 @@ def sweep_page(title: str, preset: Preset, prefix: str, step_choices: dict[str, 
             st.markdown(paragraph)
     with left:
         results_ui(slot, prefix, caption, summary)
+        st.subheader("Download")
+        downloads_ui(slot, prefix)
