@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Callable
 
 import streamlit as st
@@ -163,8 +164,9 @@ def kept_files(key: str, owner: object, stands: object, build: Callable[[], tupl
     the very object it is given, so the session holds one copy (~6 MB for a report, plotly.js
     inline), not two."""
     kept = st.session_state.get(key)
-    if kept is None or kept[0] is not owner or kept[1] != stands:
-        kept = (owner, stands, *(text.encode() for text in build()))
+    if kept is None or kept[0]() is not owner or kept[1] != stands:
+        # A weak reference: a run replaced since (Reset, Start) is not kept alive by its files.
+        kept = (weakref.ref(owner), stands, *(text.encode() for text in build()))
         st.session_state[key] = kept
     return kept[2], kept[3]
 
