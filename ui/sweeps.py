@@ -92,7 +92,7 @@ def accuracy_table(rows: list[dict], field: str, labels: dict[str, str]) -> list
         else:
             line[name] = f"{r['test_acc']:.3f}" if r["test_acc"] is not None else "–"
             if r["train_mode_acc"] is not None:
-                line[f"{name} (train mode)"] = f"{r['train_mode_acc']:.3f}"
+                line[f"{name} (train)"] = f"{r['train_mode_acc']:.3f}"
     return list(table.values())
 
 
