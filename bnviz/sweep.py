@@ -481,8 +481,11 @@ def to_html(result: SweepResult, title: str = "bnviz sweep", note: str | None = 
     esc = html.escape
     stable = ""
     if threshold is not None:
+        def named(n: str) -> str:  # "<b>BatchNorm</b> (bn)", or "<b>bn</b>" without a label
+            return f"<b>{esc(labels[n])}</b> ({esc(n)})" if n in labels else f"<b>{esc(n)}</b>"
+
         items = "".join(
-            f"<li><b>{esc(labels.get(n, n))}</b>{f' ({esc(n)})' if n in labels else ''}: largest {esc(_cell(result.largest_stable(n, threshold)) or 'none')}, "
+            f"<li>{named(n)}: largest {esc(_cell(result.largest_stable(n, threshold)) or 'none')}, "
             f"smallest {esc(_cell(result.smallest_stable(n, threshold)) or 'none')}</li>"
             for n in result.variants)
         stable = (f"<h2>Stable {esc(result.field)} values</h2><p>Stable: no divergence and final test "

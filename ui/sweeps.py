@@ -14,10 +14,10 @@ from typing import Callable
 import streamlit as st
 
 from bnviz import limits, presets
+from bnviz.claims import sweep_threshold
 from bnviz.figures import field_title, sweep_figure
 from bnviz.live import POOL
 from bnviz.presets import Preset
-from bnviz.claims import sweep_threshold
 from bnviz.sweep import SweepJob, SweepResult, alive_sweeps, to_html
 from ui.common import download_buttons, kept_files, link_settings_ui, once_per_click, write_link
 
