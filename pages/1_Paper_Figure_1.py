@@ -24,8 +24,7 @@ LINK = {"steps": ("fig1.steps", {str(n): label for label, n in STEP_CHOICES.item
 st.title("Paper Figure 1")
 st.markdown(f"**{PRESET.title}**  \n*Predict, then run.* {PRESET.note}")
 
-link_settings_ui("fig1", LINK)
-st.session_state.setdefault("fig1.lr", 0.5)  # bnviz's choice; set here, so a link's value is not overridden
+link_settings_ui("fig1", LINK, defaults={"fig1.lr": 0.5})  # 0.5: bnviz's choice
 with st.sidebar:
     st.header("Figure 1 run")
     steps_label = st.selectbox("Steps", list(STEP_CHOICES), key="fig1.steps")

@@ -18,10 +18,7 @@ STEPS, EVERY = [1_000, 3_000, 10_000], [25, 50, 100, 250]
 LINK = {"steps": ("ics.steps", {f"{n}": n for n in STEPS}), "every": ("ics.every", {f"{k}": k for k in EVERY})}
 
 st.title("Does BN really reduce covariate shift?")
-link_settings_ui("ics", LINK)
-# The defaults, set here so that a link's values are not overridden
-st.session_state.setdefault("ics.steps", 3_000)
-st.session_state.setdefault("ics.every", 100)
+link_settings_ui("ics", LINK, defaults={"ics.steps": 3_000, "ics.every": 100})
 st.markdown(
     "**The 2015 explanation.** Ioffe & Szegedy introduced BN to reduce *internal covariate shift*: "
     "as earlier layers learn, the distribution of each layer's input keeps changing, and the layer must "

@@ -18,13 +18,16 @@ from bnviz.report import to_html
 from bnviz.runlog import RunSnapshot, to_csv
 
 
-def link_settings_ui(prefix: str, settings: dict[str, tuple[str, dict[str, object]]]) -> None:
+def link_settings_ui(prefix: str, settings: dict[str, tuple[str, dict[str, object]]],
+                     defaults: dict[str, object] | None = None) -> None:
     """Page settings carried in the address, so that a link opens the page as it was set.
 
     ``settings``: query name -> (the widget's session key, {text in the link: widget value}).
     On the session's first run of the page the link's values go into the widgets (a value
     not allowed: one line naming it and what is allowed; the widget keeps its default);
     on every run the address is rewritten from the widgets, after they are drawn.
+    ``defaults``: session key -> the widget's value where no link set it (the widgets take
+    no ``value=``: Streamlit warns when one has both a default and a session value).
     """
     ss = st.session_state
     done = f"{prefix}.link_read"
@@ -39,6 +42,8 @@ def link_settings_ui(prefix: str, settings: dict[str, tuple[str, dict[str, objec
                 ss[key] = choices[text]
             else:
                 ss[done].append(f"{name} must be one of {', '.join(choices)}; got {raw!r}")
+    for key, value in (defaults or {}).items():
+        ss.setdefault(key, value)
     for warning in ss[done]:
         st.warning(f"Link: {warning}; opened with the default", icon=":material/link:")
 
