@@ -101,7 +101,7 @@ def _run_sweep(args, comparison: Comparison, sweep: tuple[str, tuple], jobs: int
 
     from bnviz import parallel
     from bnviz.claims import sweep_threshold
-    from bnviz.sweep import plan, run_lengths, run_sweep, to_html
+    from bnviz.sweep import plan, run_lengths, run_sweep, preset_report
 
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise ConfigError(f"--threshold: must be between 0 and 1, got {args.threshold!r}")
@@ -130,8 +130,7 @@ def _run_sweep(args, comparison: Comparison, sweep: tuple[str, tuple], jobs: int
     threshold = args.threshold if args.threshold is not None else sweep_threshold(result.rows)
     (out / "sweep.csv").write_text(result.to_csv(), encoding="utf-8")
     preset = presets.get(args.preset)
-    (out / "report.html").write_text(to_html(result, f"bnviz: {args.preset} ({field} sweep)", preset.note,
-                                             threshold, labels=comparison.labels()), encoding="utf-8")
+    (out / "report.html").write_text(preset_report(result, preset, threshold, comparison.labels()), encoding="utf-8")
     for r in result.rows:
         if r["status"] == "skipped":
             print(f"{field}={r['value']} {r['variant']}: skipped ({r['message']})")

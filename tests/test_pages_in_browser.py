@@ -175,6 +175,7 @@ def test_learning_rate_sweep_runs_every_rate_and_names_the_largest_each_net_trai
     screenshot(page, "pages-learning-rate-sweep")
     report = download(page, "Download HTML report")[0].decode()
     assert "Stable lr values" in report and "<b>BatchNorm</b> (bn): largest" in report
+    assert "<title>bnviz: high-lr (lr sweep)</title>" in report  # as the CLI writes it
     assert "Stopped before the last value" not in report
     assert exceptions(page) == 0
 

@@ -10,12 +10,13 @@ import threading
 import pytest
 import torch
 
-from bnviz import cli, presets
+from bnviz import presets
 from bnviz.config import Comparison, RunConfig
 from bnviz.figures import PALETTE, sweep_figure
 from bnviz.sweep import (ROW_FIELDS, SweepJob, alive_sweeps, largest_stable, run_sweep, smallest_stable,
                          train_mode_accuracy)
 from bnviz.trainer import Trainer
+from tests.test_cli import main
 
 torch.set_num_threads(1)
 
@@ -26,15 +27,6 @@ SPIRAL = RunConfig(dataset="spiral", depth=2, width=16, activation="relu", init=
 def spiral(**variants: dict) -> Comparison:
     variants = variants or {"plain": {"norm": "none"}, "bn": {"norm": "batch"}}
     return Comparison({n: SPIRAL.replace(**ch) for n, ch in variants.items()})
-
-
-def main(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        rc = cli.main(list(args))
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 # --------------------------------------------------------------------------- presets
@@ -197,6 +189,7 @@ def test_cli_on_a_sweep_preset_writes_config_csv_and_report(capsys, tmp_path):
     assert len(html) > 1_000_000 and 'src="https://cdn.plot.ly' not in html  # plotly.js inline
     # Its lines are named as on the app's page (Comparison.labels), its stable list says both.
     assert '"name":"BatchNorm"' in html and "<b>BatchNorm</b> (bn): largest" in html
+    assert "<title>bnviz: high-lr (lr sweep)</title>" in html  # as the app's sweep page downloads it
     assert "largest stable lr" in stdout and "  plain: " in stdout and "  bn: " in stdout
     assert not (out / "metrics.csv").exists()
 

@@ -18,7 +18,7 @@ from bnviz.claims import sweep_threshold
 from bnviz.figures import field_title, sweep_figure
 from bnviz.live import POOL
 from bnviz.presets import Preset
-from bnviz.sweep import SweepJob, SweepResult, alive_sweeps, to_html
+from bnviz.sweep import SweepJob, SweepResult, alive_sweeps, preset_report
 from ui.common import download_buttons, kept_files, link_settings_ui, once_per_click, write_link
 
 log = logging.getLogger("bnviz.sweeps")
@@ -163,8 +163,7 @@ def downloads_ui(slot: SweepSlot, prefix: str) -> None:
 def _sweep_files(job: SweepJob, rows: list[dict], preset: Preset, prefix: str) -> tuple[bytes, bytes]:
     def build() -> tuple[str, str]:
         result = SweepResult(job.field, job.values, job.comparison.names, rows, complete=job.state == "finished")
-        return result.to_csv(), to_html(result, f"bnviz: {preset.name} ({job.field} sweep)", preset.note,
-                                         sweep_threshold(rows), labels=job.comparison.labels())
+        return result.to_csv(), preset_report(result, preset, sweep_threshold(rows), job.comparison.labels())
     return kept_files(f"{prefix}.dl.files", job, (len(rows), job.state), build)
 
 
