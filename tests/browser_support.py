@@ -117,15 +117,19 @@ def start_server(workdir: Path, extra_env: dict[str, str] | None = None) -> Serv
 
 
 def stop_server(server: Server) -> None:
-    """Terminate the server's process group; kill it if it does not exit in 10 s."""
-    if server.proc.poll() is not None:
+    stop_process_group(server.proc)
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """Terminate a process started in its own group, and the group; kill it if it does not exit in 10 s."""
+    if proc.poll() is not None:
         return
     try:
-        os.killpg(server.proc.pid, signal.SIGTERM)
-        server.proc.wait(timeout=10)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
-        os.killpg(server.proc.pid, signal.SIGKILL)
-        server.proc.wait(timeout=10)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
     except ProcessLookupError:
         pass
 
@@ -154,6 +158,7 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
     """A fresh browser context per test; closing it ends the Streamlit session (and its worker)."""
     ctx = browser.new_context(viewport=VIEWPORT)
     ctx.set_default_timeout(UI_TIMEOUT_MS)
+    ctx.add_init_script(COUNT_FULL_RUNS)
     yield ctx
     ctx.close()  # a no-op if the test closed it already
 
@@ -446,20 +451,48 @@ def slider_value(page: Page, label: str) -> str:
     return slider(page, label).get_by_test_id("stSliderThumbValue").inner_text().strip()
 
 
-def count_runs(page: Page) -> None:
-    """Start counting finished script runs (full or fragment) in window.__bnvizRuns."""
-    page.evaluate("""() => {
-        window.__bnvizRuns = 0;
-        window.__bnvizStates = [];  // [ms since counting began, state]: what a timeout reports
-        const t0 = performance.now();
-        if (window.__bnvizObserver) window.__bnvizObserver.disconnect();
-        const app = document.querySelector("[data-testid='stApp']");
-        window.__bnvizObserver = new MutationObserver(() => {
-            const state = app.getAttribute('data-test-script-state');
-            window.__bnvizStates.push([Math.round(performance.now() - t0), state]);
-            if (state === 'notRunning') window.__bnvizRuns += 1; });
-        window.__bnvizObserver.observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
-    }""")
+# Full script runs the page received, counted from Streamlit's websocket as each message is
+# handed to the page. The stApp element's data-test-script-state cannot count them: React
+# batches its updates, and a run whose messages all arrive while the browser is busy (CI's two
+# cores) goes running -> notRunning without the attribute ever changing (seen: the server sent
+# the run's end, the attribute stayed 'notRunning'). A ForwardMsg's top-level field 6,
+# script_finished, is 0 (FINISHED_SUCCESSFULLY) at the end of a full run, 3 after a fragment's.
+COUNT_FULL_RUNS = """(() => {
+  window.__bnvizFullRuns = 0;
+  const fullRunFinished = (buf) => {
+    if (!(buf instanceof ArrayBuffer) || buf.byteLength > 512) return false;
+    const b = new Uint8Array(buf);
+    let i = 0;
+    const varint = () => { let v = 0, s = 0, x; do { x = b[i++]; v += (x & 0x7f) * 2 ** s; s += 7; }
+                           while (x & 0x80); return v; };
+    while (i < b.length) {
+      const key = varint(), field = Math.floor(key / 8), wire = key % 8;
+      if (wire === 0) { const v = varint(); if (field === 6) return v === 0; }
+      else if (wire === 2) { const n = varint(); i += n; }  // not i += varint(): i is read first
+      else if (wire === 1) i += 8;
+      else if (wire === 5) i += 4;
+      else return false;
+    }
+    return false;
+  };
+  const Native = window.WebSocket;
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      // Added before Streamlit's own listener, so it runs first, in the same task.
+      this.addEventListener('message', (e) => { if (fullRunFinished(e.data)) window.__bnvizFullRuns += 1; });
+    }
+  };
+})();"""
+
+# Resolves once the page has handled what it received: Streamlit handles a message in the task
+# that delivers it (and its microtasks); React commits in a later task, before the next frames.
+_SETTLED = "() => new Promise(r => setTimeout(() => requestAnimationFrame(() => requestAnimationFrame(r)), 0))"
+
+
+def full_runs(page: Page) -> int:
+    """Full script runs this page received the end of (COUNT_FULL_RUNS)."""
+    return page.evaluate("() => window.__bnvizFullRuns")
 
 
 _NUDGE_OPTIONS = ("LayerNorm", "none")
@@ -469,20 +502,20 @@ def rerun(page: Page) -> None:
     """A full rerun that changes nothing in the lab, so the page shows the server's state now.
 
     Picks another option in "Add a variant" (a selectbox without a callback: changing it
-    only reruns the script) and waits until that run finished.
+    only reruns the script) and waits until the page received that run's end and drew it.
     """
     combo = page.get_by_role("combobox", name="Add a variant", exact=True)
     current = combo.input_value()
     target = _NUDGE_OPTIONS[0] if current != _NUDGE_OPTIONS[0] else _NUDGE_OPTIONS[1]
-    count_runs(page)
+    wait_idle(page)  # a run still ending before the nudge must not count as its run
+    page.evaluate(_SETTLED)
+    before = full_runs(page)
     combo.click()
     page.get_by_role("option", name=target, exact=True).click()
     try:
-        page.wait_for_function("() => window.__bnvizRuns > 0", timeout=UI_TIMEOUT_MS)
+        page.wait_for_function(f"() => window.__bnvizFullRuns > {before}", timeout=UI_TIMEOUT_MS)
     except PlaywrightError:
-        seen = page.evaluate("""() => [window.__bnvizStates, document.querySelector("[data-testid='stApp']")
-                                       .getAttribute('data-test-script-state')]""")
-        raise AssertionError(f"no script run finished after choosing {target!r} in 'Add a variant' "
-                             f"(now {combo.input_value()!r}); script states seen [ms, state]: {seen[0]}, "
-                             f"now {seen[1]!r}") from None
+        raise AssertionError(f"the server finished no full run after choosing {target!r} in 'Add a variant' "
+                             f"(now {combo.input_value()!r})") from None
     wait_idle(page)
+    page.evaluate(_SETTLED)

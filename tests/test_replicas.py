@@ -161,15 +161,8 @@ class Cluster:
         return [p for p in self.ports if _established(p)]
 
     def stop(self) -> None:
-        if self.nginx is not None and self.nginx.poll() is None:
-            try:
-                os.killpg(self.nginx.pid, signal.SIGTERM)
-                self.nginx.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.nginx.pid, signal.SIGKILL)
-                self.nginx.wait(timeout=10)
-            except ProcessLookupError:
-                pass
+        if self.nginx is not None:
+            browser_support.stop_process_group(self.nginx)
         for server in self.all_started:
             stop_server(server)
 
