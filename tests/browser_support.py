@@ -368,6 +368,40 @@ def plotly_plot_count(page: Page) -> int:
     return page.evaluate(f"() => ({_LIVE})('.js-plotly-plot').length")
 
 
+def grown_margins(page: Page) -> list[tuple[str, dict, dict]]:
+    """(title, margins given, margins drawn) of each live chart whose margins plotly's automargin
+    had to grow: such a chart is drawn twice at every refresh (bnviz.figures.MARGIN)."""
+    return [tuple(c) for c in page.evaluate(f"""() => ({_LIVE})('.js-plotly-plot').map(d => {{
+        const s = d._fullLayout._size, m = d.layout.margin;
+        return [d.layout.title.text, m, {{l: s.l, r: s.r, t: s.t, b: s.b}}]; }})
+        .filter(([, m, s]) => m.l !== s.l || m.r !== s.r || m.t !== s.t || m.b !== s.b)""")]
+
+
+def crowded_labels(page: Page) -> list[tuple[str, str]]:
+    """(chart title, label) of each axis title or tick label of a live chart that the chart's
+    margins do not hold: past the chart's edge (cut off), or an axis title over tick labels
+    (plotly keeps a title inside the chart when the margin is too small for it)."""
+    return [tuple(c) for c in page.evaluate(f"""() => ({_LIVE})('.js-plotly-plot').flatMap(d => {{
+        const box = d.querySelector('.main-svg').getBoundingClientRect();
+        const rect = (els) => Array.from(els).map(t => [t.textContent, t.getBoundingClientRect()])
+                                             .filter(([, r]) => r.width);
+        const titles = rect(d.querySelectorAll('.xtitle, .ytitle'));
+        const ticks = rect(d.querySelectorAll('.xtick text, .ytick text'));
+        const meet = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+        const out = ([, r]) => r.left < box.left - 0.5 || r.right > box.right + 0.5 ||
+                               r.top < box.top - 0.5 || r.bottom > box.bottom + 0.5;
+        return [...titles, ...ticks].filter(out)
+          .concat(titles.filter(([, r]) => ticks.some(([, q]) => meet(r, q))))
+          .map(([text]) => [d.layout.title.text, text]); }})""")]
+
+
+def assert_labels_fit(page: Page) -> None:
+    """Every live chart's labels fit its margins as Streamlit's theme draws them: none cut off or
+    crowded, and no chart drawn twice per refresh for plotly to grow a margin."""
+    poll(lambda: (crowded_labels(page), grown_margins(page)), lambda v: v == ([], []), 20,
+         "every chart's labels to fit its margins: (crowded labels, grown margins)")
+
+
 def chart_trace(page: Page, key: str, index: int = 0) -> tuple[list[float], list[float]] | None:
     """(x, y) of one trace of the chart ``key`` (fresh if drawn), or None if not drawn."""
     return page.evaluate("(args) => {" + _CHARTS + """

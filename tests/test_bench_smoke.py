@@ -79,3 +79,13 @@ def test_ab_bench_runs_a_commits_engine_beside_the_working_tree():
     for key in ("base on", "base off", "new on", "new off"):
         assert got["cpu_us"][key] > 0 and got["wall_us"][key] > 0
     assert got["new vs base, probes on (speed-up)"] > 0
+
+
+@pytest.mark.browser
+def test_client_bench_times_both_ways_of_drawing_every_live_chart(capsys):
+    from bench import client
+    assert client.main(["--rounds", "1", "--steps", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "bnviz" in out and "automargin everywhere" in out
+    for spec in client.figures.FIGURES:
+        assert out.count(f"{spec.key} ") == 2, spec.key

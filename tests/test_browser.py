@@ -33,6 +33,7 @@ from bnviz.presets import PRESETS
 from tests.browser_support import (
     UI_TIMEOUT_MS,
     alerts,
+    assert_labels_fit,
     button,
     chart_annotations,
     chart_points,
@@ -135,6 +136,7 @@ def test_pause_stops_growth_and_start_resumes(app_server, page):
     assert all_charts(page)["loss_accuracy"] == points["loss_accuracy"]
     # Settled: every chart exactly once, no stale leftovers of earlier refreshes.
     poll(lambda: plotly_plot_count(page), lambda n: n == len(CHART_KEYS), 30, f"{len(CHART_KEYS)} live charts")
+    assert_labels_fit(page)
     screenshot(page, "03-paused")
     button(page, "Start").click()
     resumed = wait_progress(page, lambda p: p.step > paused.step and p.state == "training", "training to resume")

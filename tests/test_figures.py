@@ -323,3 +323,21 @@ def test_page_figures_carry_numpy_arrays_as_typed_arrays(calm):
     x = page["data"][0]["x"]
     assert set(x) == {"dtype", "bdata"} and x["dtype"] in ("i1", "i2", "i4")  # steps: the smallest int type
     assert page["data"][0]["y"]["dtype"] == "f4"
+
+
+@pytest.mark.parametrize("which, build", PAGE_CASES,
+                         ids=[f"{w}-{getattr(b, '__name__', 'spec')}-{i}" for i, (w, b) in enumerate(PAGE_CASES)])
+def test_only_the_y_axes_at_a_charts_left_edge_leave_room_to_plotlys_automargin(which, build, request, calm):
+    """The page's charts are redrawn every refresh: automargin measures every tick label of each axis
+    it is on, and draws a chart twice whenever a margin grows (bnviz.figures.MARGIN)."""
+    snapshot = (dataclasses.replace(calm, events=[Event(30, None, "lr → 0.05")]) if which == "calm_with_lr_change"
+                else request.getfixturevalue(which))
+    layout = figures.for_page(build, snapshot).to_dict()["layout"]
+    axes = {k: v for k, v in layout.items() if re.fullmatch(r"[xy]axis\d*", k)}
+    left = {k for k in axes if k.startswith("y")
+            and layout["xaxis" + axes[k].get("anchor", "x")[1:]]["domain"][0] == 0}
+    assert left and {k for k, v in axes.items() if v["automargin"]} == left
+    assert all(v["ticklabeloverflow"] == "allow" for v in axes.values())
+    colorbar = any(t.get("type") == "heatmap" and t.get("showscale", True) for t in
+                   figures.for_page(build, snapshot).to_dict()["data"])
+    assert layout["margin"] == dict(figures.MARGIN, r=figures.COLORBAR_MARGIN_R if colorbar else figures.MARGIN["r"])

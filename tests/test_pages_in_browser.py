@@ -24,6 +24,7 @@ pytest.register_assert_rewrite("tests.browser_support")
 from tests.browser_support import (
     LOAD_TIMEOUT_MS,
     VIEWPORT,
+    assert_labels_fit,
     button,
     chart_points,
     exceptions,
@@ -133,6 +134,7 @@ def test_covariate_shift_page_trains_three_nets_and_draws_all_four_charts(app_se
                   "all four charts to have data")
     assert set(charts) == {"loss", "shift", "ics", "smooth"}
     pause_and_settle(page)
+    assert_labels_fit(page)
     screenshot(page, "pages-covariate-shift")
     report = download(page, "Download HTML report")[0].decode()
     assert "bnviz: ics-measure" in report and "Internal covariate shift as Santurkar et al. measure it" in report
