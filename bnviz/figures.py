@@ -187,7 +187,7 @@ def _fixed_margins(layout: dict, colorbar: bool) -> None:
 
     Also ticklabeloverflow "allow": plotly's default measures every tick label at each redraw to
     hide those that reach past the chart's edge, which the margins keep them from (and the
-    chart's SVG clips). Together ~1.9x less browser time per live refresh (docs/PERFORMANCE.md)."""
+    chart's SVG clips). Together 1.7-1.9x less browser time per live refresh (docs/PERFORMANCE.md)."""
     if colorbar:
         layout["margin"]["r"] = COLORBAR_MARGIN_R
     for key, axis in layout.items():
