@@ -31,7 +31,8 @@ from plotly.offline import get_plotlyjs_version
 
 from bench import synth
 from bnviz import figures
-from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, start_server, stop_server
+from tests.browser_support import (CHROMIUM, CHROMIUM_ARGS, COUNT_RUN_ENDS, FRAGMENT_RUN, VIEWPORT, run_ends,
+                                   start_server, stop_server)
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 WIDTH_PX = 870  # a chart's width in the app's wide layout at a 1400-pixel window
@@ -98,14 +99,6 @@ def measure(rounds: int = 10, steps: int = 100_000) -> dict:
     return out
 
 
-# Counts, in the page, the websocket messages that end a fragment run (ForwardMsg field 6,
-# script_finished, = 3): the live charts' refreshes that reached the browser.
-_COUNT_REFRESHES = """(() => { window.__refreshes = 0; const Native = window.WebSocket;
-  window.WebSocket = class extends Native { constructor(...a) { super(...a);
-    this.addEventListener('message', (e) => { const b = new Uint8Array(e.data);
-      if (b.length < 512 && b[b.length - 2] === 0x30 && b[b.length - 1] === 3) window.__refreshes++; }); } }; })();"""
-
-
 def measure_live(seconds: float = 20, query: str = "preset=quick-look&steps=20000") -> dict:
     """The lab in a real server and headless Chromium while it trains: the browser main thread's
     busy time (Chromium's TaskDuration) per refresh that reached the page."""
@@ -116,7 +109,7 @@ def measure_live(seconds: float = 20, query: str = "preset=quick-look&steps=2000
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 try:
                     context = browser.new_context(viewport=VIEWPORT)
-                    context.add_init_script(_COUNT_REFRESHES)
+                    context.add_init_script(COUNT_RUN_ENDS)  # a refresh is a fragment run
                     page = context.new_page()
                     page.goto(f"{server.url}/?{query}")
                     start = page.get_by_role("button", name="Start", exact=True)
@@ -128,7 +121,7 @@ def measure_live(seconds: float = 20, query: str = "preset=quick-look&steps=2000
 
                     def read() -> tuple[float, int, float]:
                         metrics = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
-                        return metrics["TaskDuration"], page.evaluate("() => window.__refreshes"), time.monotonic()
+                        return metrics["TaskDuration"], run_ends(page, FRAGMENT_RUN), time.monotonic()
 
                     t0, n0, w0 = read()
                     time.sleep(seconds)

@@ -158,7 +158,7 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
     """A fresh browser context per test; closing it ends the Streamlit session (and its worker)."""
     ctx = browser.new_context(viewport=VIEWPORT)
     ctx.set_default_timeout(UI_TIMEOUT_MS)
-    ctx.add_init_script(COUNT_FULL_RUNS)
+    ctx.add_init_script(COUNT_RUN_ENDS)
     yield ctx
     ctx.close()  # a no-op if the test closed it already
 
@@ -485,36 +485,39 @@ def slider_value(page: Page, label: str) -> str:
     return slider(page, label).get_by_test_id("stSliderThumbValue").inner_text().strip()
 
 
-# Full script runs the page received, counted from Streamlit's websocket as each message is
-# handed to the page. The stApp element's data-test-script-state cannot count them: React
-# batches its updates, and a run whose messages all arrive while the browser is busy (CI's two
-# cores) goes running -> notRunning without the attribute ever changing (seen: the server sent
-# the run's end, the attribute stayed 'notRunning'). A ForwardMsg's top-level field 6,
-# script_finished, is 0 (FINISHED_SUCCESSFULLY) at the end of a full run, 3 after a fragment's.
-COUNT_FULL_RUNS = """(() => {
-  window.__bnvizFullRuns = 0;
-  const fullRunFinished = (buf) => {
-    if (!(buf instanceof ArrayBuffer) || buf.byteLength > 512) return false;
+# Script runs the page received the end of, counted from Streamlit's websocket as each message
+# is handed to the page, by how they ended: window.__bnvizRunEnds[status]. The stApp element's
+# data-test-script-state cannot count them: React batches its updates, and a run whose messages
+# all arrive while the browser is busy (CI's two cores) goes running -> notRunning without the
+# attribute ever changing (seen: the server sent the run's end, the attribute stayed
+# 'notRunning'). A ForwardMsg's top-level field 6, script_finished, is the status.
+FULL_RUN, FRAGMENT_RUN = 0, 3  # FINISHED_SUCCESSFULLY, FINISHED_FRAGMENT_RUN_SUCCESSFULLY
+COUNT_RUN_ENDS = """(() => {
+  window.__bnvizRunEnds = {};
+  const runEnd = (buf) => {  // the script_finished status, or undefined
+    if (!(buf instanceof ArrayBuffer) || buf.byteLength > 512) return undefined;
     const b = new Uint8Array(buf);
     let i = 0;
     const varint = () => { let v = 0, s = 0, x; do { x = b[i++]; v += (x & 0x7f) * 2 ** s; s += 7; }
                            while (x & 0x80); return v; };
     while (i < b.length) {
       const key = varint(), field = Math.floor(key / 8), wire = key % 8;
-      if (wire === 0) { const v = varint(); if (field === 6) return v === 0; }
+      if (wire === 0) { const v = varint(); if (field === 6) return v; }
       else if (wire === 2) { const n = varint(); i += n; }  // not i += varint(): i is read first
       else if (wire === 1) i += 8;
       else if (wire === 5) i += 4;
-      else return false;
+      else return undefined;
     }
-    return false;
+    return undefined;
   };
   const Native = window.WebSocket;
   window.WebSocket = class extends Native {
     constructor(...args) {
       super(...args);
       // Added before Streamlit's own listener, so it runs first, in the same task.
-      this.addEventListener('message', (e) => { if (fullRunFinished(e.data)) window.__bnvizFullRuns += 1; });
+      this.addEventListener('message', (e) => {
+        const status = runEnd(e.data);
+        if (status !== undefined) window.__bnvizRunEnds[status] = (window.__bnvizRunEnds[status] || 0) + 1; });
     }
   };
 })();"""
@@ -524,9 +527,9 @@ COUNT_FULL_RUNS = """(() => {
 _SETTLED = "() => new Promise(r => setTimeout(() => requestAnimationFrame(() => requestAnimationFrame(r)), 0))"
 
 
-def full_runs(page: Page) -> int:
-    """Full script runs this page received the end of (COUNT_FULL_RUNS)."""
-    return page.evaluate("() => window.__bnvizFullRuns")
+def run_ends(page: Page, status: int = FULL_RUN) -> int:
+    """Script runs this page received the end of with ``status`` (COUNT_RUN_ENDS)."""
+    return page.evaluate(f"() => window.__bnvizRunEnds[{status}] || 0")
 
 
 _NUDGE_OPTIONS = ("LayerNorm", "none")
@@ -543,11 +546,12 @@ def rerun(page: Page) -> None:
     target = _NUDGE_OPTIONS[0] if current != _NUDGE_OPTIONS[0] else _NUDGE_OPTIONS[1]
     wait_idle(page)  # a run still ending before the nudge must not count as its run
     page.evaluate(_SETTLED)
-    before = full_runs(page)
+    before = run_ends(page)
     combo.click()
     page.get_by_role("option", name=target, exact=True).click()
     try:
-        page.wait_for_function(f"() => window.__bnvizFullRuns > {before}", timeout=UI_TIMEOUT_MS)
+        page.wait_for_function(f"() => (window.__bnvizRunEnds[{FULL_RUN}] || 0) > {before}",
+                               timeout=UI_TIMEOUT_MS)
     except PlaywrightError:
         raise AssertionError(f"the server finished no full run after choosing {target!r} in 'Add a variant' "
                              f"(now {combo.input_value()!r})") from None
