@@ -307,11 +307,19 @@ PAGE_CASES = (
 )
 
 
-@pytest.mark.parametrize("which, build", PAGE_CASES,
-                         ids=[f"{w}-{getattr(b, '__name__', 'spec')}-{i}" for i, (w, b) in enumerate(PAGE_CASES)])
-def test_the_live_page_sends_the_json_of_the_plotly_figure(which, build, request, calm):
-    snapshot = (dataclasses.replace(calm, events=[Event(30, None, "lr → 0.05")]) if which == "calm_with_lr_change"
-                else request.getfixturevalue(which))
+PAGE_CASE_IDS = [f"{w}-{getattr(b, '__name__', 'spec')}-{i}" for i, (w, b) in enumerate(PAGE_CASES)]
+
+
+def page_case_snapshot(which: str, request) -> RunSnapshot:
+    """The snapshot a PAGE_CASES entry names: a fixture, or calm with an lr change."""
+    if which == "calm_with_lr_change":
+        return dataclasses.replace(request.getfixturevalue("calm"), events=[Event(30, None, "lr → 0.05")])
+    return request.getfixturevalue(which)
+
+
+@pytest.mark.parametrize("which, build", PAGE_CASES, ids=PAGE_CASE_IDS)
+def test_the_live_page_sends_the_json_of_the_plotly_figure(which, build, request):
+    snapshot = page_case_snapshot(which, request)
     page = figures.for_page(build, snapshot)
     assert isinstance(page, figures.PageFigure)
     assert sent_to_the_browser(page) == sent_to_the_browser(build(snapshot))
@@ -325,19 +333,16 @@ def test_page_figures_carry_numpy_arrays_as_typed_arrays(calm):
     assert page["data"][0]["y"]["dtype"] == "f4"
 
 
-@pytest.mark.parametrize("which, build", PAGE_CASES,
-                         ids=[f"{w}-{getattr(b, '__name__', 'spec')}-{i}" for i, (w, b) in enumerate(PAGE_CASES)])
-def test_only_the_y_axes_at_a_charts_left_edge_leave_room_to_plotlys_automargin(which, build, request, calm):
+@pytest.mark.parametrize("which, build", PAGE_CASES, ids=PAGE_CASE_IDS)
+def test_only_the_y_axes_at_a_charts_left_edge_leave_room_to_plotlys_automargin(which, build, request):
     """The page's charts are redrawn every refresh: automargin measures every tick label of each axis
     it is on, and draws a chart twice whenever a margin grows (bnviz.figures.MARGIN)."""
-    snapshot = (dataclasses.replace(calm, events=[Event(30, None, "lr → 0.05")]) if which == "calm_with_lr_change"
-                else request.getfixturevalue(which))
-    layout = figures.for_page(build, snapshot).to_dict()["layout"]
+    spec = figures.for_page(build, page_case_snapshot(which, request)).to_dict()
+    layout = spec["layout"]
     axes = {k: v for k, v in layout.items() if re.fullmatch(r"[xy]axis\d*", k)}
     left = {k for k in axes if k.startswith("y")
             and layout["xaxis" + axes[k].get("anchor", "x")[1:]]["domain"][0] == 0}
     assert left and {k for k, v in axes.items() if v["automargin"]} == left
     assert all(v["ticklabeloverflow"] == "allow" for v in axes.values())
-    colorbar = any(t.get("type") == "heatmap" and t.get("showscale", True) for t in
-                   figures.for_page(build, snapshot).to_dict()["data"])
+    colorbar = any(t.get("type") == "heatmap" and t.get("showscale", True) for t in spec["data"])
     assert layout["margin"] == dict(figures.MARGIN, r=figures.COLORBAR_MARGIN_R if colorbar else figures.MARGIN["r"])
