@@ -101,7 +101,7 @@ def _run_sweep(args, comparison: Comparison, sweep: tuple[str, tuple], jobs: int
 
     from bnviz import parallel
     from bnviz.claims import sweep_threshold
-    from bnviz.sweep import plan, run_lengths, run_sweep, preset_report
+    from bnviz.sweep import plan, preset_report, run_lengths, run_sweep
 
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise ConfigError(f"--threshold: must be between 0 and 1, got {args.threshold!r}")
