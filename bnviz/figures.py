@@ -16,6 +16,7 @@ import base64
 import contextvars
 import copy
 import functools
+import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -63,6 +64,10 @@ def _thin(n: int, max_points: int | None = None) -> np.ndarray:
 # redraw, and draws a chart twice whenever a margin must grow.
 MARGIN = dict(l=90, r=20, t=100, b=66)
 COLORBAR_MARGIN_R = 104
+# Step axes tick in SI units ("2k", "50k"): "10002000" ran together in a narrow column (Paper
+# Figure 1 beside its claims) and the heatmap's "3000" met the next panel's "0". Hover keeps
+# the exact step, written as the progress line writes it ("3,000").
+STEP_TICKS = dict(tickformat="~s", hoverformat=",")
 
 
 def _layout_props(title: str, height: int) -> dict:
@@ -99,6 +104,13 @@ def _grid(rows: int, cols: int, shared_xaxes: bool, shared_yaxes: bool, row_titl
     fig = make_subplots(**kw)
     layout = fig.layout.to_plotly_json()
     layout.pop("template", None)
+    # Positions as fractions of the chart to 1e-4 (0.1 px on a 1,000 px chart), not 17 digits:
+    # sent with every chart at every refresh, they were ~2 KB of the page's 300 KB budget.
+    for key, value in layout.items():
+        if re.fullmatch(r"[xy]axis\d*", key) and "domain" in value:
+            value["domain"] = [round(v, 4) for v in value["domain"]]
+    for note in layout.get("annotations", ()):
+        note.update({k: round(note[k], 4) for k in ("x", "y") if isinstance(note.get(k), float)})
     return layout, (fig._grid_ref, fig._grid_str)
 
 
@@ -119,7 +131,9 @@ def _template() -> dict:
 
 @functools.lru_cache(maxsize=8)
 def _colorscale(name: str) -> list:
-    return [list(stop) for stop in go.Heatmap(colorscale=name).colorscale]
+    """Plotly's named colorscale as stops, at 4 decimals (0.1111, not 0.1111111111111111): each
+    heatmap panel sends its own copy at every refresh."""
+    return [[round(stop, 4), color] for stop, color in go.Heatmap(colorscale=name).colorscale]
 
 
 class _Canvas:
@@ -153,6 +167,11 @@ class _Canvas:
                         else:
                             axis[key] = value
 
+    def step_axes(self, title_row: int | None = None) -> None:
+        """Every x axis counts steps (STEP_TICKS); titled "step" in ``title_row`` (every row when None)."""
+        self.update_axes("x", **STEP_TICKS)
+        self.update_axes("x", row=title_row, title_text="step")
+
     def vline(self, x, line: dict, row: int, col: int) -> None:
         """fig.add_vline(x, line=..., row=, col=): nothing on a subplot without traces, as plotly does."""
         if (row, col) in self.used:
@@ -169,6 +188,7 @@ class _Canvas:
         self.layout["template"] = _template()
         _fixed_margins(self.layout, colorbar=any(t.get("type") == "heatmap" and t.get("showscale", True)
                                                  for t in self.data))
+        _log_ticks(self.layout, self.data)
         if hovermode is not None:
             self.layout["hovermode"] = hovermode
         if _FOR_PAGE.get():
@@ -191,11 +211,45 @@ def _fixed_margins(layout: dict, colorbar: bool) -> None:
     if colorbar:
         layout["margin"]["r"] = COLORBAR_MARGIN_R
     for key, axis in layout.items():
+        if key.startswith(("xaxis", "yaxis")) and axis.get("showticklabels", True) is False \
+                and "title" not in axis:
+            # A shared axis inside a grid: no tick labels to let overflow, nor its step format
+            # to show (hoverformat is shown). Bytes off every refresh, whose payload sits at the
+            # 300 KB budget.
+            axis.pop("tickformat", None)
+            axis["automargin"] = False
+            continue
         if key.startswith("xaxis"):
             axis.update(automargin=False, ticklabeloverflow="allow")
         elif key.startswith("yaxis"):
             anchor = layout.get("xaxis" + axis.get("anchor", "x")[1:], {})
             axis.update(automargin=anchor.get("domain", [0, 1])[0] == 0, ticklabeloverflow="allow")
+
+
+def _log_ticks(layout: dict, data: list[dict]) -> None:
+    """Tick labels that do not run into each other on the short log y axes of a grid's panels.
+
+    Plotly chooses a log axis's ticks from its data's span and its length. On panels ~150 px
+    tall, a span of 0.7-2 decades gets every digit ("D1": "1 9 8 7 6 5" stacked into each other):
+    1, 2 and 5 of each decade ("D2") instead. Below 0.7 decades it ticks at linear steps about
+    20 px apart, labels 14 px tall, closer still at the top ("0.9" on "0.8"): a third as many
+    (nticks 3 for plotly's 5). Above 2 decades plotly's own choice reads well."""
+    values: dict[str, list] = {}
+    for t in data:
+        y = t.get("y")
+        if y is not None and t.get("type", "scatter") == "scatter":
+            values.setdefault("yaxis" + t.get("yaxis", "y")[1:], []).append(np.asarray(y, dtype=np.float64).ravel())
+    for key, ys in values.items():
+        axis = layout.get(key, {})
+        if axis.get("type") != "log" or "dtick" in axis or "nticks" in axis:
+            continue
+        y = np.concatenate(ys)
+        y = y[np.isfinite(y) & (y > 0)]
+        span = np.log10(y.max() / y.min()) if len(y) else np.inf
+        if span < 0.7:
+            axis["nticks"] = 3
+        elif span < 2:
+            axis["dtick"] = "D2"
 
 
 # The live page ------------------------------------------------------------------------
@@ -333,7 +387,7 @@ def loss_accuracy(snap: RunSnapshot) -> go.Figure:
                     showlegend=False, mode="lines+markers", marker=dict(size=4), line=dict(color=color, width=2)), 1, 2)
     cv.update_axes("y", row=1, col=1, type="log", title_text="loss (log)")
     cv.update_axes("y", row=1, col=2, title_text="accuracy", range=[0, 1.02])
-    cv.update_axes("x", title_text="step")
+    cv.step_axes()
     _mark_events(cv, snap, 1, 2)
     return cv.figure("Loss and accuracy", 360)
 
@@ -365,7 +419,7 @@ def percentile_bands(snap: RunSnapshot, unit: bool = False) -> go.Figure:
     what = "tracked unit" if unit else "whole layer"
     cv.update_axes("y", matches="y")  # one scale for every variant: a wide band must look wide
     cv.update_axes("y", col=1, title_text="input to nonlinearity")
-    cv.update_axes("x", row=len(names), title_text="step")
+    cv.step_axes(title_row=len(names))
     _mark_events(cv, snap, len(names), len(layers))
     return cv.figure(f"Pre-activation percentiles over time ({what}){shown}", 180 + 190 * len(names))
 
@@ -396,8 +450,10 @@ def histogram_heatmap(snap: RunSnapshot) -> go.Figure:
     layers, shown = _panel_layers(snap)
     names = list(snap.variants)
     lo, hi = _display_range(snap)
+    # Wider gaps than the band charts': heatmaps start at step 0, so each panel's last tick
+    # label ends beside the next panel's "0".
     cv = _Canvas(rows=len(names), cols=len(layers), shared_xaxes=True, shared_yaxes=True, row_titles=names,
-                 column_titles=layers, vertical_spacing=0.06, horizontal_spacing=0.02)
+                 column_titles=layers, vertical_spacing=0.06, horizontal_spacing=0.04)
     viridis = _colorscale("Viridis")
     for r, v in enumerate(snap.variants.values(), start=1):
         edges = v.hist_edges
@@ -414,16 +470,17 @@ def histogram_heatmap(snap: RunSnapshot) -> go.Figure:
             dens = dens_all[:, v.layers.index(layer)]
             trace = dict(type="heatmap", x=v.hist_steps[i], y=centers[keep], z=dens.T.astype(np.float32),
                          colorscale=viridis, zmin=0, showscale=(r == 1 and c == len(layers)),
-                         colorbar=dict(title=dict(text="density"), len=0.6),
                          hovertemplate=f"{v.name} {layer}<br>step %{{x}}<br>value %{{y:.2f}}"
                                        "<br>density %{z:.3f}<extra></extra>")
+            if trace["showscale"]:  # one colorbar for the grid; the other panels send none
+                trace["colorbar"] = dict(title=dict(text="density"), len=0.6)
             zmax = float(np.quantile(dens, 0.99))
             if zmax:
                 trace["zmax"] = zmax
             cv.add(trace, r, c)
     cv.update_axes("y", range=[lo, hi])
     cv.update_axes("y", col=1, title_text="input to nonlinearity")
-    cv.update_axes("x", row=len(names), title_text="step")
+    cv.step_axes(title_row=len(names))
     _mark_events(cv, snap, len(names), len(layers))
     return cv.figure(f"Distribution of each layer over time{shown}", 180 + 190 * len(names), hovermode="closest")
 
@@ -467,7 +524,7 @@ def _per_layer_lines(snap: RunSnapshot, metric: str, title: str, log: bool = Tru
                         line=dict(color=LAYER_PALETTE[j % len(LAYER_PALETTE)], width=2)), 1, c)
     cv.update_axes("y", type="log" if log else "linear")
     cv.update_axes("y", col=1, title_text=LABELS[metric])
-    cv.update_axes("x", title_text="step")
+    cv.step_axes()
     _mark_events(cv, snap, 1, len(names))
     return cv.figure(title, 340)
 
@@ -506,7 +563,7 @@ def shift_scores(snap: RunSnapshot) -> go.Figure:
                 cv.add(dict(type="scatter", x=steps[i], y=w1[i, v.layers.index(layer)], name=v.name,
                             legendgroup=v.name, showlegend=(c == 1), line=dict(color=color, width=2)), 1, c)
     cv.update_axes("y", col=1, type="log", title_text="W1 shift (log)")
-    cv.update_axes("x", title_text="step")
+    cv.step_axes()
     _mark_events(cv, snap, 1, len(layers))
     return cv.figure(f"Covariate shift score: how far each layer's input distribution moved{shown}", 320)
 
@@ -529,7 +586,7 @@ def paper_figure1(snap: RunSnapshot, plain: str = "plain", bn: str = "bn") -> go
     cv.update_axes("y", col=1, title_text="test accuracy")
     cv.update_axes("y", col=2, title_text="sigmoid input")
     cv.update_axes("y", col=3, matches="y2")
-    cv.update_axes("x", title_text="step")
+    cv.step_axes()
     return cv.figure("Ioffe & Szegedy 2015, Figure 1, as measured by bnviz", 380)
 
 
@@ -668,7 +725,7 @@ def ics_figure(snap: RunSnapshot) -> go.Figure:
                             mode="lines+markers", marker=dict(size=4), line=dict(color=color, width=2)), r, c)
     cv.update_axes("y", row=1, type="log")
     cv.update_axes("y", row=2, range=[-0.05, 1.05])
-    cv.update_axes("x", row=2, title_text="step")
+    cv.step_axes(title_row=2)
     return cv.figure(f"Internal covariate shift as Santurkar et al. measure it{shown}", 520)
 
 
@@ -685,7 +742,7 @@ def smoothness_figure(snap: RunSnapshot) -> go.Figure:
                         legendgroup=v.name, showlegend=(c == 1), mode="lines+markers", marker=dict(size=4),
                         line=dict(color=variant_color(snap, v.name), width=2)), 1, c)
     cv.update_axes("y", type="log")
-    cv.update_axes("x", title_text="step")
+    cv.step_axes()
     return cv.figure("Loss landscape along the gradient (steps of 0.5–4 × lr)", 360)
 
 

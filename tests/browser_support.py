@@ -377,22 +377,31 @@ def grown_margins(page: Page) -> list[tuple[str, dict, dict]]:
         .filter(([, m, s]) => m.l !== s.l || m.r !== s.r || m.t !== s.t || m.b !== s.b)""")]
 
 
+LABEL_GAP_PX = 8  # closer than this, two subplots' end ticks read as one number ("3000" "0": "30000")
+
+
 def crowded_labels(page: Page) -> list[tuple[str, str]]:
     """(chart title, label) of each axis title or tick label of a live chart that the chart's
-    margins do not hold: past the chart's edge (cut off), or an axis title over tick labels
-    (plotly keeps a title inside the chart when the margin is too small for it)."""
-    return [tuple(c) for c in page.evaluate(f"""() => ({_LIVE})('.js-plotly-plot').flatMap(d => {{
+    margins do not hold: past the chart's edge (cut off), an axis title over tick labels
+    (plotly keeps a title inside the chart when the margin is too small for it), or a tick
+    label within LABEL_GAP_PX of another on the same line (neighbouring subplots' axes)."""
+    return [tuple(c) for c in page.evaluate(f"""(gap) => ({_LIVE})('.js-plotly-plot').flatMap(d => {{
         const box = d.querySelector('.main-svg').getBoundingClientRect();
         const rect = (els) => Array.from(els).map(t => [t.textContent, t.getBoundingClientRect()])
                                              .filter(([, r]) => r.width);
-        const titles = rect(d.querySelectorAll('.xtitle, .ytitle'));
-        const ticks = rect(d.querySelectorAll('.xtick text, .ytick text'));
+        // every subplot's axes: plotly names their groups xtick, x2tick, ..., ytitle, y2title, ...
+        const axes = (kind) => `[class^="x"][class$="${{kind}}"], [class^="y"][class$="${{kind}}"]`;
+        const titles = rect(d.querySelectorAll(axes('title')));
+        const ticks = rect(d.querySelectorAll(axes('tick') + ' > text'));
         const meet = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
         const out = ([, r]) => r.left < box.left - 0.5 || r.right > box.right + 0.5 ||
                                r.top < box.top - 0.5 || r.bottom > box.bottom + 0.5;
+        const near = (a, b) => a !== b && meet({{left: a.left - gap, right: a.right + gap,
+                                                  top: a.top, bottom: a.bottom}}, b);
         return [...titles, ...ticks].filter(out)
           .concat(titles.filter(([, r]) => ticks.some(([, q]) => meet(r, q))))
-          .map(([text]) => [d.layout.title.text, text]); }})""")]
+          .concat(ticks.filter(([, r]) => ticks.some(([, q]) => near(r, q))))
+          .map(([text]) => [d.layout.title.text, text]); }})""", LABEL_GAP_PX)]
 
 
 def assert_labels_fit(page: Page) -> None:

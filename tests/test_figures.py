@@ -343,6 +343,52 @@ def test_only_the_y_axes_at_a_charts_left_edge_leave_room_to_plotlys_automargin(
     left = {k for k in axes if k.startswith("y")
             and layout["xaxis" + axes[k].get("anchor", "x")[1:]]["domain"][0] == 0}
     assert left and {k for k, v in axes.items() if v["automargin"]} == left
-    assert all(v["ticklabeloverflow"] == "allow" for v in axes.values())
+    bare = {k for k, v in axes.items() if v.get("showticklabels", True) is False and "title" not in v}
+    assert all(v["ticklabeloverflow"] == "allow" for k, v in axes.items() if k not in bare)
+    assert all("ticklabeloverflow" not in axes[k] and "tickformat" not in axes[k] for k in bare)  # bytes
     colorbar = any(t.get("type") == "heatmap" and t.get("showscale", True) for t in spec["data"])
     assert layout["margin"] == dict(figures.MARGIN, r=figures.COLORBAR_MARGIN_R if colorbar else figures.MARGIN["r"])
+
+
+@pytest.mark.parametrize("which, build", PAGE_CASES, ids=PAGE_CASE_IDS)
+def test_step_axes_tick_in_si_units_and_hover_the_exact_step(which, build, request):
+    """"2k" rather than "2000": full numbers ran together in a narrow column and across panels."""
+    layout = figures.for_page(build, page_case_snapshot(which, request)).to_dict()["layout"]
+    x_axes = [v for k, v in layout.items() if re.fullmatch(r"xaxis\d*", k)]
+    titles = {a.get("title", {}).get("text") for a in x_axes}
+    if "step" not in titles:
+        return  # a sweep's rate or batch-size axis, or the image axis of the depth-growth chart
+    step_axes = x_axes if titles <= {"step", None} else [a for a in x_axes if a.get("title", {}).get("text") == "step"]
+    assert all(a["hoverformat"] == "," for a in step_axes)
+    assert all(a["tickformat"] == "~s" for a in step_axes if a.get("showticklabels", True))
+
+
+def _log_panels(*ys) -> dict:
+    cv = figures._Canvas(rows=1, cols=len(ys))
+    for c, y in enumerate(ys, start=1):
+        cv.add(dict(type="scatter", x=np.arange(len(y)), y=np.asarray(y, dtype=np.float64)), 1, c)
+    cv.update_axes("y", type="log")
+    return cv.figure("log panels", 300).to_dict()["layout"]
+
+
+def test_short_log_axes_get_ticks_whose_labels_do_not_overlap():
+    """Plotly's own choice stacks every digit ("1 9 8 7 6 5") on a 1-2 decade panel and linear
+    steps 0.1 apart on a shorter span; more than 2 decades it is left alone."""
+    layout = _log_panels([0.3, 0.5, 0.9],              # 0.48 decades: fewer linear steps
+                         [0.3, np.nan, 0.0, 4.0],      # 1.12 (NaN and 0 are not drawn on a log axis)
+                         [1e-3, 2.0],                  # 3.3: plotly's own
+                         [5.0])                        # one point
+    assert (layout["yaxis"].get("nticks"), layout["yaxis"].get("dtick")) == (3, None)
+    assert (layout["yaxis2"].get("nticks"), layout["yaxis2"].get("dtick")) == (None, "D2")
+    assert "nticks" not in layout["yaxis3"] and "dtick" not in layout["yaxis3"]
+    assert layout["yaxis4"]["nticks"] == 3
+
+
+def test_log_ticks_leave_linear_axes_and_chosen_ticks_alone():
+    cv = figures._Canvas(rows=1, cols=2)
+    for c in (1, 2):
+        cv.add(dict(type="scatter", x=[0, 1], y=np.array([0.3, 4.0])), 1, c)
+    cv.update_axes("y", col=1, type="log", dtick=1)
+    layout = cv.figure("axes", 300).to_dict()["layout"]
+    assert layout["yaxis"]["dtick"] == 1 and "nticks" not in layout["yaxis"]
+    assert "dtick" not in layout["yaxis2"] and "nticks" not in layout["yaxis2"]
