@@ -435,16 +435,10 @@ def measure_page(s: Settings) -> dict:
     refresh through full go.Figure objects (how the page drew before step 10) is timed
     interleaved with it, for the ratio.
     """
-    import plotly.io as pio
-    from plotly import tools
-
     from bench import synth
     from bnviz import figures
 
     log = synth.fill(s.page_steps)
-
-    def sent(fig) -> bytes:  # streamlit/elements/plotly_chart.py
-        return pio.to_json(tools.return_figure_from_figure_or_data(fig, validate_figure=True), validate=False).encode()
 
     def refresh(page: bool) -> tuple[int, dict[str, float]]:
         snap = log.snapshot()
@@ -472,6 +466,13 @@ def measure_page(s: Settings) -> dict:
             "per_figure_cpu_ms": {k: statistics.median(p[k] for p in per_fig) * 1e3 for k in per_fig[0]},
             "go_figure_cpu_ms": statistics.median(cpu_objects) * 1e3,
             "go_figure_ratio": _ratio(cpu_objects, cpu), "log_nbytes": log.nbytes}
+
+
+def sent(fig) -> bytes:
+    """The JSON st.plotly_chart sends for ``fig`` (streamlit/elements/plotly_chart.py)."""
+    import plotly.io as pio
+    from plotly import tools
+    return pio.to_json(tools.return_figure_from_figure_or_data(fig, validate_figure=True), validate=False).encode()
 
 
 def page_rows(s: Settings) -> list[Row]:
