@@ -149,6 +149,7 @@ class _Canvas:
         self.rows, self.cols = rows, cols
         self.data: list[dict] = []
         self.used: set[tuple[int, int]] = set()  # subplots that hold a trace
+        self.step_keys: set[str] = set()  # layout keys of the x axes that count steps (step_axes)
 
     def add(self, trace: dict, row: int = 1, col: int = 1) -> None:
         trace.update(self.grid[0][row - 1][col - 1][0].trace_kwargs)
@@ -171,6 +172,7 @@ class _Canvas:
         """Every x axis counts steps (STEP_TICKS); titled "step" in ``title_row`` (every row when None)."""
         self.update_axes("x", **STEP_TICKS)
         self.update_axes("x", row=title_row, title_text="step")
+        self.step_keys = {self.grid[0][r][c][0].layout_keys[0] for r in range(self.rows) for c in range(self.cols)}
 
     def vline(self, x, line: dict, row: int, col: int) -> None:
         """fig.add_vline(x, line=..., row=, col=): nothing on a subplot without traces, as plotly does."""
@@ -189,6 +191,7 @@ class _Canvas:
         _fixed_margins(self.layout, colorbar=any(t.get("type") == "heatmap" and t.get("showscale", True)
                                                  for t in self.data))
         _log_ticks(self.layout, self.data)
+        _whole_steps(self.layout, self.data, self.step_keys)
         if hovermode is not None:
             self.layout["hovermode"] = hovermode
         if _FOR_PAGE.get():
@@ -250,6 +253,16 @@ def _log_ticks(layout: dict, data: list[dict]) -> None:
             axis["nticks"] = 3
         elif span < 2:
             axis["dtick"] = "D2"
+
+
+def _whole_steps(layout: dict, data: list[dict], step_keys: set[str]) -> None:
+    """Ticks at whole steps while a run is a few steps long: plotly would tick at 0.5 and 1.5,
+    and a lecture in slow motion starts there. Every step axis of the chart alike (they may be
+    matched); from 10 steps on, plotly's own ticks are whole."""
+    xs = [np.asarray(t["x"]) for t in data if "xaxis" + t.get("xaxis", "x")[1:] in step_keys and len(t.get("x", ()))]
+    if xs and max(float(x.max() - x.min()) for x in xs) < 10:
+        for key in step_keys:
+            layout[key]["dtick"] = 1
 
 
 # The live page ------------------------------------------------------------------------

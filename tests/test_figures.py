@@ -399,3 +399,23 @@ def test_log_ticks_leave_linear_axes_and_chosen_ticks_alone():
     layout = cv.figure("axes", 300).to_dict()["layout"]
     assert layout["yaxis"]["dtick"] == 1 and "nticks" not in layout["yaxis"]
     assert "dtick" not in layout["yaxis2"] and "nticks" not in layout["yaxis2"]
+
+
+def test_step_axes_tick_at_whole_steps_while_a_run_is_a_few_steps_long(calm):
+    """Plotly ticks a 0-3 range at 0.5, 1, 1.5, ...; a lecture in slow motion starts there."""
+    trainer = Trainer(Comparison.from_flat(["variants=plain,bn", "bn.norm=batch", "dataset=spiral", "width=8",
+                                            "depth=2", "steps=3", "eval_every=1", "hist_every=1"]))
+    trainer.run()
+    short = trainer.log.snapshot()
+    checked = set()
+    for spec in FIGURES:
+        for snap, whole in ((short, True), (calm, False)):
+            fig = figures.for_page(spec.build, snap).to_dict()
+            steps = [v for k, v in fig["layout"].items()
+                     if re.fullmatch(r"xaxis\d*", k) and v.get("hoverformat") == ","]
+            whole = whole and bool(fig["data"])  # an empty chart's default range ticks whole numbers
+            assert all((a.get("dtick") == 1) == whole for a in steps), (spec.key, whole)
+            checked |= {spec.key} if steps and whole else set()
+    # every chart with a step axis (current's x axis is the value), but shift: it needs
+    # SHIFT_WINDOW histograms before its first point
+    assert checked == {spec.key for spec in FIGURES} - {"current", "shift"}
