@@ -258,7 +258,8 @@ def _log_ticks(layout: dict, data: list[dict]) -> None:
 def _whole_steps(layout: dict, data: list[dict], step_keys: set[str]) -> None:
     """Ticks at whole steps while a run is a few steps long: plotly would tick at 0.5 and 1.5,
     and a lecture in slow motion starts there. Every step axis of the chart alike (they may be
-    matched); from 10 steps on, plotly's own ticks are whole."""
+    matched); from 10 steps on, plotly's own ticks are whole. (The range is left alone: a
+    single evaluation at step 0 sits in the middle of -1..1, not half hidden at the edge.)"""
     xs = [np.asarray(t["x"]) for t in data if "xaxis" + t.get("xaxis", "x")[1:] in step_keys and len(t.get("x", ()))]
     if xs and max(float(x.max() - x.min()) for x in xs) < 10:
         for key in step_keys:
@@ -596,7 +597,7 @@ def paper_figure1(snap: RunSnapshot, plain: str = "plain", bn: str = "bn") -> go
         for q, dash in ((15, "dot"), (50, "solid"), (85, "dot")):
             cv.add(dict(type="scatter", x=v.steps[i], y=v.series[f"unit_p{q}"][i, last], name=f"{q}th percentile",
                         showlegend=(col == 2), legendgroup=f"p{q}", line=dict(color="#333", dash=dash, width=2)), 1, col)
-    cv.update_axes("y", col=1, title_text="test accuracy")
+    cv.update_axes("y", col=1, title_text="test accuracy", rangemode="nonnegative")  # not -0.5 at one point
     cv.update_axes("y", col=2, title_text="sigmoid input")
     cv.update_axes("y", col=3, matches="y2")
     cv.step_axes()

@@ -164,6 +164,7 @@ def test_paper_figure1_has_three_subplots(snap):
     assert len(axes) == 3
     assert [a.text for a in fig.layout.annotations][:3] == ["(a) test accuracy", "(b) without BN (plain)",
                                                             "(c) with BN (bn)"]
+    assert fig.layout.yaxis.rangemode == "nonnegative"  # accuracy: one point at 0.1 once drew -0.5..1
 
 
 def test_paper_figure1_plots_test_accuracy_and_the_last_layers_tracked_unit(snap):
