@@ -257,12 +257,22 @@ def _log_ticks(layout: dict, data: list[dict]) -> None:
 
 def _whole_steps(layout: dict, data: list[dict], step_keys: set[str]) -> None:
     """Ticks at whole steps while a run is a few steps long: plotly would tick at 0.5 and 1.5,
-    and a lecture in slow motion starts there. Every step axis of the chart alike (they may be
-    matched); from 10 steps on, plotly's own ticks are whole. (The range is left alone: a
+    and a lecture in slow motion starts there. Per axis, matched axes alike (a variant that
+    diverged at step 4 spans 4 steps beside a 300-step panel); from 10 steps on, plotly's own
+    ticks are whole. (The range is left alone: a
     single evaluation at step 0 sits in the middle of -1..1, not half hidden at the edge.)"""
-    xs = [np.asarray(t["x"]) for t in data if "xaxis" + t.get("xaxis", "x")[1:] in step_keys and len(t.get("x", ()))]
-    if xs and max(float(x.max() - x.min()) for x in xs) < 10:
-        for key in step_keys:
+    def group(key: str) -> str:  # axes that match another share its range, so its ticks
+        match = layout[key].get("matches")
+        return "xaxis" + match[1:] if match else key
+
+    spans: dict[str, float] = {}
+    for t in data:
+        key = "xaxis" + t.get("xaxis", "x")[1:]
+        if key in step_keys and len(t.get("x", ())):
+            x = np.asarray(t["x"])
+            spans[group(key)] = max(spans.get(group(key), 0.0), float(x.max() - x.min()))
+    for key in step_keys:
+        if group(key) in spans and spans[group(key)] < 10:
             layout[key]["dtick"] = 1
 
 
@@ -591,15 +601,27 @@ def paper_figure1(snap: RunSnapshot, plain: str = "plain", bn: str = "bn") -> go
         v = snap.variants[name]
         cv.add(dict(type="scatter", x=v.eval_steps, y=v.evals["test_acc"], name=name,
                     line=dict(color=variant_color(snap, name), width=2)), 1, 1)
+    diverged = False
     for col, name in ((2, plain), (3, bn)):
         v = snap.variants[name]
         i, last = _thin(len(v.steps)), len(v.layers) - 1
         for q, dash in ((15, "dot"), (50, "solid"), (85, "dot")):
             cv.add(dict(type="scatter", x=v.steps[i], y=v.series[f"unit_p{q}"][i, last], name=f"{q}th percentile",
                         showlegend=(col == 2), legendgroup=f"p{q}", line=dict(color="#333", dash=dash, width=2)), 1, col)
+        if v.diverged_at is not None:
+            diverged = True
+            color = variant_color(snap, name)
+            cv.vline(v.diverged_at, dict(color=color, dash="dot", width=2), 1, col)
+            ref = cv.grid[0][0][col - 1][0].trace_kwargs
+            cv.annotate(font=dict(color=color), bgcolor="rgba(255,255,255,0.8)", showarrow=False,
+                        text=f"diverged at step {v.diverged_at}",
+                        x=v.diverged_at, xref=ref["xaxis"], xanchor="right", y=1, yref=f"{ref['yaxis']} domain",
+                        yanchor="top")
+    acts = {snap.variants[n].config.get("activation") for n in (plain, bn)}
     cv.update_axes("y", col=1, title_text="test accuracy", rangemode="nonnegative")  # not -0.5 at one point
-    cv.update_axes("y", col=2, title_text="sigmoid input")
-    cv.update_axes("y", col=3, matches="y2")
+    cv.update_axes("y", col=2, title_text=f"{acts.pop()} input" if len(acts) == 1 else "input to nonlinearity")
+    if not diverged:  # one scale, as in the paper; but a net that blew up to 1e15 would flatten the other
+        cv.update_axes("y", col=3, matches="y2")
     cv.step_axes()
     return cv.figure("Ioffe & Szegedy 2015, Figure 1, as measured by bnviz", 380)
 

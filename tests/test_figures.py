@@ -167,6 +167,36 @@ def test_paper_figure1_has_three_subplots(snap):
     assert fig.layout.yaxis.rangemode == "nonnegative"  # accuracy: one point at 0.1 once drew -0.5..1
 
 
+@pytest.fixture(scope="module")
+def plain_diverged() -> RunSnapshot:
+    """The paper's pair with ReLU, where plain (lr 5) blows up to ~1e15 and diverges within 10 steps."""
+    trainer = Trainer(Comparison.from_flat(["variants=plain,bn", "bn.norm=batch", "dataset=mnist-mini",
+                                            "activation=relu", "plain.lr=5", "steps=40", "eval_every=10"]))
+    trainer.run()
+    s = trainer.log.snapshot()
+    assert s.variants["plain"].status == "diverged" and s.variants["plain"].diverged_at < 10
+    assert s.variants["bn"].status == "finished"
+    return s
+
+
+def test_paper_figure1_scales_each_panel_alone_once_a_variant_diverged(plain_diverged, snap):
+    """(b) and (c) share one y scale, as in the paper, unless a variant diverged: plain's last
+    percentiles at ~1e15 drew BN's panel as three flat lines at 0."""
+    assert paper_figure1(snap).layout.yaxis3.matches == "y2"
+    fig = paper_figure1(plain_diverged)
+    assert fig.layout.yaxis3.matches is None
+    at = plain_diverged.variants["plain"].diverged_at
+    assert f"diverged at step {at}" in [a.text for a in fig.layout.annotations]
+    assert [(s.x0, s.xref) for s in fig.layout.shapes] == [(at, "x2")]
+    # plain's panel spans a few steps: whole-step ticks there, plotly's own beside it
+    assert fig.layout.xaxis2.dtick == 1 and fig.layout.xaxis3.dtick is None
+
+
+def test_paper_figure1_names_the_nonlinearity_the_units_feed(plain_diverged, snap):
+    assert paper_figure1(snap).layout.yaxis2.title.text == "sigmoid input"
+    assert paper_figure1(plain_diverged).layout.yaxis2.title.text == "relu input"
+
+
 def test_paper_figure1_plots_test_accuracy_and_the_last_layers_tracked_unit(snap):
     fig = paper_figure1(snap)
     acc = list(fig.select_traces(row=1, col=1))
@@ -310,7 +340,7 @@ def sent_to_the_browser(fig) -> dict:
 
 PAGE_CASES = (
     [(name, spec.build) for name in ("snap", "calm_with_lr_change", "empty", "deep", "long_run") for spec in FIGURES]
-    + [(name, paper_figure1) for name in ("snap", "calm_with_lr_change", "empty", "long_run")]
+    + [(name, paper_figure1) for name in ("snap", "calm_with_lr_change", "empty", "long_run", "plain_diverged")]
     + [("landscape", build) for build in (figures.ics_figure, figures.smoothness_figure, figures.depth_growth)]
 )
 
