@@ -56,3 +56,46 @@ class NaiveLoop:
         loss.backward()
         self.opt.step()
         return loss
+
+
+class InstrumentedLoop(NaiveLoop):
+    """The naive loop recording what bnviz's probes record, the way a notebook would.
+
+    What a user who wants the paper's Figure 1 data without bnviz writes (the issue's
+    "torch.quantile every step" baseline): a forward hook on each sigmoid keeps its input;
+    after each step, per hidden layer, ``torch.quantile`` of the whole layer and of one
+    tracked unit at the paper's percentiles, mean and std, ||dL/dW||, ||W|| and the update
+    ratio, all in one row read back with one ``tolist()``; every ``hist_every`` steps a
+    ``torch.histogram`` of each layer over bnviz's bins. The same statistics the engine's
+    probes record at the same rates, so the two compare like for like.
+    """
+
+    def __init__(self, *args, hist_every: int = 10, unit: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        from bnviz.metrics import PERCENTILES
+        from bnviz.probes import HIST_EDGES
+
+        self.q = torch.tensor([p / 100 for p in PERCENTILES], device=self.x.device)
+        self.edges, self.hist_every, self.unit, self.steps = HIST_EDGES, hist_every, unit, 0
+        self.seen: list[torch.Tensor] = []
+        sigmoids = [m for m in self.model if isinstance(m, nn.Sigmoid)]
+        self.linears = [m for m in self.model if isinstance(m, nn.Linear)][:len(sigmoids)]
+        for m in sigmoids:
+            m.register_forward_hook(lambda _m, inputs, _out: self.seen.append(inputs[0].detach()))
+        self.rows: list[list[float]] = []
+        self.hists: list[torch.Tensor] = []
+
+    def step(self) -> torch.Tensor:
+        self.seen.clear()
+        lr = self.opt.param_groups[0]["lr"]
+        loss = super().step()  # the weights' norms below are after the update, as the engine's
+        stats = [loss.detach()]
+        for z, lin in zip(self.seen, self.linears):
+            flat, g, w = z.flatten(), lin.weight.grad.norm(), lin.weight.norm()
+            stats += [*torch.quantile(flat, self.q), flat.mean(), flat.std(unbiased=False),
+                      *torch.quantile(z[:, self.unit], self.q), g, w, lr * g / w]
+        self.rows.append(torch.stack(stats).tolist())
+        self.steps += 1
+        if self.steps % self.hist_every == 0:
+            self.hists.append(torch.stack([torch.histogram(z.flatten().cpu(), bins=self.edges)[0] for z in self.seen]))
+        return loss

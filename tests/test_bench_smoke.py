@@ -17,7 +17,8 @@ import torch
 from bench import run
 
 ROOT = Path(__file__).resolve().parent.parent
-ROWS = ("train_speed_1t", "probe_overhead_1t", "train_speed_2t", "probe_overhead_2t", "fig1_wall",
+ROWS = ("train_speed_1t", "train_vs_probed_naive_1t", "probe_overhead_1t",
+        "train_speed_2t", "train_vs_probed_naive_2t", "probe_overhead_2t", "fig1_wall",
         "fig1_wall_10k_test", "fig1_wall_2proc", "page_ms", "page_kb", "memory", "gpu")
 
 
@@ -32,7 +33,7 @@ def test_tiny_bench_produces_every_row(capsys, tmp_path):
     rows = json.loads(out_json.read_text())["rows"]
     assert [r["key"] for r in rows] == list(ROWS)
     for r in rows:
-        assert r["status"] in ("PASS", "MISS", "NOISY", "TODO"), (r["key"], r["status"], r["note"])
+        assert r["status"] in ("PASS", "MISS", "NOISY", "TODO", "INFO"), (r["key"], r["status"], r["note"])
         assert r["measured"] and r["goal"]
         assert r["ratio"] is None or r["ratio"] > 0, r["key"]
 
@@ -89,3 +90,28 @@ def test_client_bench_times_both_ways_of_drawing_every_live_chart(capsys):
     assert "bnviz" in out and "automargin everywhere" in out
     for spec in client.figures.FIGURES:
         assert out.count(f"{spec.key} ") == 2, spec.key
+
+
+def test_the_probed_naive_baseline_records_every_layer_metric_of_the_engine():
+    """bench.naive.InstrumentedLoop is the like-for-like baseline: per step, the train loss and
+    every one of the engine's LAYER_METRICS for each hidden layer, and histograms every 10 steps."""
+    from bench.naive import InstrumentedLoop
+    from bnviz import data
+    from bnviz.metrics import LAYER_METRICS
+
+    ds = data.load("mnist-mini")
+    loop = InstrumentedLoop(ds.x_train, ds.y_train, bn=True, lr=0.5)
+    for _ in range(10):
+        loop.step()
+    assert len(loop.rows) == 10 and len(loop.hists) == 1
+    row = loop.rows[-1]
+    assert len(row) == 1 + 3 * len(LAYER_METRICS)
+    for layer, (z, lin) in enumerate(zip(loop.seen, loop.linears)):
+        got = dict(zip(LAYER_METRICS, row[1 + layer * len(LAYER_METRICS):]))
+        flat = z.flatten()
+        assert got["act_p50"] == pytest.approx(flat.median().item(), abs=1e-3)
+        assert got["act_std"] == pytest.approx(flat.std(unbiased=False).item(), rel=1e-5)
+        assert got["unit_p15"] <= got["unit_p50"] <= got["unit_p85"]
+        assert got["weight_norm"] == pytest.approx(lin.weight.norm().item(), rel=1e-6)
+        assert got["update_ratio"] == pytest.approx(0.5 * got["grad_norm"] / got["weight_norm"], rel=1e-5)
+    assert loop.hists[0].sum(dim=1).tolist() == [60 * 100] * 3  # every value of each layer, in some bin
