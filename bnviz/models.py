@@ -254,7 +254,12 @@ class StackedMLP:
         self.device, self.dtype = heads[0].weight.device, heads[0].weight.dtype
         self.D, self.K = hidden[0][0].linear.weight.shape[1], heads[0].weight.shape[0]
         self.acts = [c.activation for c in cfgs]
-        self.one_act = self.acts[0] if len(set(self.acts)) == 1 else None
+        # One activation call for the whole (V, N, C) block only off the CPU. On the CPU torch's
+        # elementwise kernels do a block's tail (its last n mod 2 x vector width elements) in
+        # scalar code, which rounds differently: with AVX-512 a variant's 60 x 100 values end
+        # in such a tail when alone and not inside the pair's block, and the variant would train
+        # differently beside a companion. Per variant, each call sees what autograd's does.
+        self.one_act = self.acts[0] if len(set(self.acts)) == 1 and self.device.type != "cpu" else None
         self.bn_before = [v for v, c in enumerate(cfgs) if c.norm == "batch" and c.placement == "before"]
         self.bn_after = [v for v, c in enumerate(cfgs) if c.norm == "batch" and c.placement == "after"]
         self.plain_runs = _runs([v for v in range(V) if v not in self.bn_before])  # preact = linear output
@@ -393,6 +398,12 @@ class StackedMLP:
                               for l in range(L)]
         self._dz_v = [self._dz[v] for v in range(V)]
         self._dh_v = [self._dh[v] for v in range(V)]
+        # each layer's activation calls, forward and backward: one for the block, or one per
+        # variant (see one_act), their views made here rather than at every step
+        blocks = [(self.one_act, P[l], self._a[l], self._dh, self._dz) for l in range(L)] if self.one_act else None
+        self._act_calls = [blocks[l:l + 1] if blocks else
+                           [(self.acts[v], P[l, v], self._a[l][v], self._dh_v[v], self._dz_v[v]) for v in range(V)]
+                           for l in range(L)]
         self._scratch_v = [self._scratch[v] for v in range(V)]
         self._lsm_v = [self._lsm[v] for v in range(V)]
         one = torch.ones((), **kw)
@@ -426,7 +437,7 @@ class StackedMLP:
         x = x.reshape(N, -1)
         if self.preacts is None or self._n != N:
             self._prepare(N)
-        P, A, H = self.preacts, self._a, [x] + self._h  # H[l]: input of layer l
+        H = [x] + self._h  # H[l]: input of layer l
         # forward ------------------------------------------------------------------------
         for l in range(L):
             z = self._z[l]
@@ -439,11 +450,8 @@ class StackedMLP:
                 for dst, src in self._plain_copies[l]:
                     dst.copy_(src)
                 self._bn_forward(self._bn_before_ops[l])
-            if self.one_act is not None:
-                _act_forward(self.one_act, P[l], A[l])
-            else:
-                for v in range(V):
-                    _act_forward(self.acts[v], P[l, v], A[l][v])
+            for act, z, a, _, _ in self._act_calls[l]:
+                _act_forward(act, z, a)
             if self.bn_after:
                 for dst, src in self._unnormed_copies[l]:
                     dst.copy_(src)
@@ -462,11 +470,8 @@ class StackedMLP:
         for l in range(L - 1, -1, -1):
             if self.bn_after:
                 self._bn_backward(self._bn_after_ops[l], self._dh_v, self._scratch_v)
-            if self.one_act is not None:
-                _act_backward(self.one_act, dh, A[l], P[l], dz)
-            else:
-                for v in range(V):
-                    _act_backward(self.acts[v], dh[v], A[l][v], P[l, v], dz[v])
+            for act, z, a, g, into in self._act_calls[l]:
+                _act_backward(act, g, a, z, into)
             if self.bn_before:
                 self._bn_backward(self._bn_before_ops[l], self._dz_v, self._scratch_v)
             for src, gbias in self._gb_runs[l]:  # variants without this bias keep a zero gradient

@@ -14,7 +14,9 @@ use this: on a class server every core already trains a student's run.
 
 Numbers depend on the torch thread count a process trains with (batch norm's reductions
 split over threads), so each child trains with ``threads`` threads and the same work at the
-same ``threads`` gives the same numbers in one process or in several.
+same ``threads`` gives the same numbers in one process or in several: bit for bit at one
+thread; at more, MKL's threaded products may differ in the last bits with the alignment of
+their buffers unless ``MKL_CBWR=AUTO,STRICT`` is set (docs/PERFORMANCE.md, *Exactness*).
 """
 
 from __future__ import annotations
