@@ -29,6 +29,7 @@ from itertools import count
 
 from bnviz.config import Comparison
 from bnviz.errors import BnvizError, training_failure
+from bnviz.numpy_sort import prefer_avx2_sort
 from bnviz.runlog import TERMINAL_STATES, RunSnapshot
 
 PROCESS_NAME = "bnviz-trainer"  # the threads' name too: alive_workers() counts both
@@ -44,6 +45,7 @@ def worker_context():
     global _context
     with _context_lock:
         if _context is None:
+            prefer_avx2_sort()  # the forkserver imports numpy afresh: numpy_sort.py
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(["bnviz.worker_boot"])  # see there: no re-import of app.py
             _context = ctx
