@@ -7,9 +7,10 @@ Why it is sound: on the CPU a variant trains the same numbers, bit for bit, whic
 companions it is trained with (tests/test_fast_path.py), so the variants of a comparison can
 train in separate processes, one core each, and the merged record is the one a single
 process would have written at the same torch thread count (a sweep's values never depended
-on each other). Why it is worth it: the whole paper-fig1 on two cores took 96 s in two
-processes against 126 s in one at one thread and 108 s in one at two threads (the BN
-variant alone costs ~2/3 of the pair: docs/PERFORMANCE.md, step 9). The live app does not
+on each other). Why it is worth it: the whole paper-fig1 on two Zen 3 cores took 96 s in
+two processes against 126 s in one at one thread and 108 s in one at two threads (the BN
+variant alone cost ~2/3 of the pair there: docs/PERFORMANCE.md, step 9); on two Zen 4
+cores, where the two cost about the same, 56.6 s against 86 s. The live app does not
 use this: on a class server every core already trains a student's run.
 
 Numbers depend on the torch thread count a process trains with (batch norm's reductions
