@@ -20,7 +20,13 @@ def _skip_main(*_args, **_kwargs) -> None:
 spawn._fixup_main_from_path = _skip_main
 spawn._fixup_main_from_name = _skip_main
 
+import torch  # noqa: E402
+
 import bnviz.trainer  # noqa: E402,F401 -- the engine loads once here; every worker shares its pages
+
+# torch's first optimizer imports torch._dynamo (Optimizer.__init__ is wrapped to keep dynamo
+# out), ~1 s: once here rather than in every worker as it builds its Trainer.
+torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
 # What the forkserver holds now is shared with every worker: keep the collector from touching
 # it in the children, or each collection would copy those pages into every worker.
