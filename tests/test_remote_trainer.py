@@ -162,3 +162,14 @@ def test_a_waiting_trainer_holds_no_process_until_asked_to_compute(remote_traine
     assert r.state == "stopped" and r.join(timeout=1)
     r.resume()
     assert remote.active_processes() == before, "a stopped run started a process"
+
+
+def test_workers_are_forked_with_torch_dynamo_already_imported(tmp_path):
+    """torch's first optimizer imports torch._dynamo (~1 s); the forkserver does it once, so
+    each worker's first step is not a second late (docs/DEPLOYMENT.md)."""
+    seen = tmp_path / "seen"
+    code = f"import sys; open({str(seen)!r}, 'w').write(str('torch._dynamo' in sys.modules))"
+    p = remote.worker_context().Process(target=exec, args=(code,))
+    p.start()
+    p.join(TIMEOUT_S)
+    assert p.exitcode == 0 and seen.read_text() == "True"
