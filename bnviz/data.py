@@ -153,6 +153,15 @@ def download(
     return paths
 
 
+def on_disk(name: str) -> bool:
+    """Whether every file of the remote dataset ``name`` is in data_dir() and verified: load() needs no network."""
+    folder = data_dir() / name
+    try:
+        return all(pooch.file_hash(str(folder / fname)) == digest for fname, digest in REMOTE[name].sha256.items())
+    except OSError:  # missing or unreadable
+        return False
+
+
 def _read_idx(path: Path, magic: int) -> np.ndarray:
     """Parse a gzipped IDX file of unsigned bytes (magic 2049 labels, 2051 images)."""
     try:

@@ -25,7 +25,7 @@ from collections import deque
 
 from bnviz import limits, remote
 from bnviz.config import Comparison
-from bnviz.errors import BnvizError
+from bnviz.errors import BnvizError, ConfigError
 from bnviz.pacing import PACER
 from bnviz.runlog import TERMINAL_STATES, RunSnapshot
 from bnviz.trainer import Trainer
@@ -114,6 +114,7 @@ class Lab:
         self.refresh_s: float | None = None  # the page's timer now (bnviz/pacing.py); None: not live
         self._lock = threading.RLock()
         pool.labs.add(self)
+        warm_workers()
 
     # what the page calls -------------------------------------------------------------------
     def configure(self, comparison: Comparison) -> str:
@@ -289,6 +290,16 @@ def alive_workers() -> int:
     """Training workers alive in this server: threads, and child processes (BNVIZ_WORKER_MODE=process)."""
     threads = sum(1 for t in threading.enumerate() if t.name == "bnviz-trainer" and t.is_alive())
     return threads + remote.active_processes()
+
+
+def warm_workers() -> None:
+    """On a server that trains in processes, start their forkserver as a page opens (~3 s of
+    imports and MNIST, bnviz/remote.py) rather than after the first Start click."""
+    try:
+        if limits.worker_mode() == "process":
+            remote.warm_up()
+    except ConfigError:
+        pass  # a bad BNVIZ_WORKER_MODE is reported where a run starts (new_trainer)
 
 
 def new_trainer(comparison: Comparison, single_thread: bool) -> "Trainer | remote.RemoteTrainer":

@@ -11,10 +11,12 @@ worker threads on 2 cores got 0.62 of a core between them and made 150 steps per
 is asked for and comes back pickled (a RunLog is bounded, so at most ~1-2 MB). The child
 runs the ordinary threaded Trainer, so both modes train the same numbers.
 
-Children are forked by multiprocessing's forkserver, which has imported the engine once:
-a worker's process starts in tens of milliseconds (building its Trainer then takes about a
-second) and shares torch's pages with its siblings, and the Streamlit process itself (its
-threads and locks) is never forked. A child whose parent dies sees its pipe close and stops.
+Children are forked by multiprocessing's forkserver, which has imported the engine and read
+the presets' datasets on disk once (bnviz/worker_boot.py): a worker trains its first step
+~0.2 s after Start and shares torch's pages and MNIST's with its siblings, and the Streamlit
+process itself (its threads and locks) is never forked. The forkserver starts (~3 s) as soon
+as a page opens, while its user reads it (``warm_up``). A child whose parent
+dies sees its pipe close and stops.
 
 The trade (docs/DEPLOYMENT.md, 10 sessions on 2 cores): 2.1x faster training per session,
 ~150 MB per worker, and a server that answers a little slower (workers run at nice +10).
@@ -23,6 +25,7 @@ The trade (docs/DEPLOYMENT.md, 10 sessions on 2 cores): 2.1x faster training per
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import threading
 from itertools import count
@@ -38,6 +41,7 @@ SNAPSHOT_WAIT_S = 0.25  # a page waits at most this for a worker's snapshot, the
 
 _context = None
 _context_lock = threading.Lock()
+_warming = False
 
 
 def worker_context():
@@ -50,6 +54,23 @@ def worker_context():
             ctx.set_forkserver_preload(["bnviz.worker_boot"])  # see there: no re-import of app.py
             _context = ctx
         return _context
+
+
+def warm_up() -> None:
+    """Start the workers' forkserver now, in the background, if it is not running yet.
+
+    It imports torch and the engine and reads MNIST before it forks its first worker, ~3 s:
+    started when a page opens (``live.warm_workers``), that is done while the user reads the
+    page, not after they press Start.
+    """
+    global _warming
+    with _context_lock:
+        if _warming:
+            return
+        _warming = True
+    worker_context()  # the preload and the environment the forkserver starts with
+    threading.Thread(target=multiprocessing.forkserver.ensure_running, name="bnviz-forkserver-start",
+                     daemon=True).start()
 
 
 def active_processes() -> int:

@@ -225,6 +225,23 @@ def test_failed_download_removes_a_corrupt_cached_file(isolated_cache, idx_files
     assert files_under(isolated_cache) == {}
 
 
+def test_on_disk_only_when_every_file_is_present_and_verified(isolated_cache, idx_files, monkeypatch):
+    """What the workers' forkserver preloads (bnviz/worker_boot.py): never a set load() would download."""
+    use_remote(monkeypatch, "mnist", (refused_url(),), {f: sha(b) for f, b in idx_files.items()})
+    folder = isolated_cache / "mnist"
+    assert not data.on_disk("mnist")  # no folder
+    folder.mkdir(parents=True)
+    for fname in FILES[:3]:
+        (folder / fname).write_bytes(idx_files[fname])
+    assert not data.on_disk("mnist")  # one file missing
+    (folder / FILES[3]).write_bytes(idx_files[FILES[2]])
+    assert not data.on_disk("mnist")  # one file with the wrong content
+    (folder / FILES[3]).write_bytes(idx_files[FILES[3]])
+    assert data.on_disk("mnist")
+    assert not data.on_disk("fashion-mnist")
+    assert data.load("mnist").notice is None  # and load() then needs no network (the mirror refuses)
+
+
 @pytest.mark.parametrize("blob, expected", [
     (gzip.compress(bytes([0, 0, 8, 1]) + (5).to_bytes(4, "big") + bytes(5)), "magic"),  # labels, not images
     (gzip.compress(bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (2, 28, 28)) + bytes(10)), "holds"),

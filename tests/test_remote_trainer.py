@@ -6,17 +6,23 @@ controls, say so when its process dies, and never outlive what owns it.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bnviz import limits, live, remote
+from bnviz import limits, live, presets, remote
 from bnviz.errors import ConfigError
 from bnviz.trainer import Trainer
 from tests.test_trainer import small
 
 TIMEOUT_S = 120
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def wait_for(trainer, ok, what: str):
@@ -173,3 +179,86 @@ def test_workers_are_forked_with_torch_dynamo_already_imported(tmp_path):
     p.start()
     p.join(TIMEOUT_S)
     assert p.exitcode == 0 and seen.read_text() == "True"
+
+
+# The forkserver below is a fresh one in a subprocess: this process's may already run, started
+# with the session's empty data directory. fake_remote.py gives its bnviz.data the digests of the
+# small IDX files the test writes (a monkeypatch does not cross exec), and holds what a worker runs.
+FAKE_REMOTE = """
+import json, os
+from bnviz import data
+data.REMOTE["mnist"] = data.Remote(("http://127.0.0.1:9/",), json.loads(os.environ["FAKE_MNIST_SHA256"]))
+
+def report_loads(out):
+    from bnviz import worker_boot
+    data.load("mnist")
+    info = data.load.cache_info()
+    open(out, "w").write(f"{worker_boot.PRELOADED} {info.misses} {info.hits}")
+"""
+
+WARM_AND_TRAIN = """
+import multiprocessing.forkserver as fs, sys, time
+import fake_remote  # noqa: F401
+from bnviz import live, remote
+from tests.test_trainer import small
+remote.worker_context().set_forkserver_preload(["fake_remote", "bnviz.worker_boot"])
+lab = live.Lab(pool=live.WorkerPool())  # a page opening, on a server with BNVIZ_WORKER_MODE=process
+deadline = time.monotonic() + 60
+while fs._forkserver._forkserver_pid is None and time.monotonic() < deadline:
+    time.sleep(0.01)
+print("forkserver", fs._forkserver._forkserver_pid is not None, "workers", remote.active_processes())
+
+p = remote.worker_context().Process(target=fake_remote.report_loads, args=(sys.argv[1],))
+p.start(); p.join(60)
+trainer = remote.RemoteTrainer(small("dataset=mnist", "depth=1", steps=3))
+trainer.resume()
+while trainer.state not in ("finished", "failed") and time.monotonic() < deadline:
+    trainer.snapshot()  # the state comes with the snapshots
+    time.sleep(0.05)
+print("run", trainer.state, trainer.error)
+"""
+
+
+def test_a_page_opening_warms_the_forkserver_which_preloads_datasets_on_disk_for_its_workers(tmp_path):
+    """A page's Lab, made as the page opens, starts the forkserver without starting a worker;
+    the forkserver reads the verified datasets on disk once and its workers train on them without
+    reading them again, and without the hang a fork after a parallel region would leave them in."""
+    from tests.test_data import FILES, idx_gz, sha
+
+    # As many images as torch splits over threads, both in the forkserver's normalization and in
+    # the worker's first shuffle (measured: randperm(60,000) hung; 30,000 did not). Mostly blank,
+    # so the files stay small.
+    n = 50_000
+    images = np.zeros((n, 28, 28), np.uint8)
+    images[:, 14, :] = np.random.default_rng(0).integers(0, 256, (n, 28))
+    blobs = {FILES[0]: idx_gz(images), FILES[1]: idx_gz(np.arange(n) % 10),
+             FILES[2]: idx_gz(images[:200]), FILES[3]: idx_gz(np.arange(200) % 10)}
+    (tmp_path / "data" / "mnist").mkdir(parents=True)
+    for fname, blob in blobs.items():
+        (tmp_path / "data" / "mnist" / fname).write_bytes(blob)
+    (tmp_path / "fake_remote.py").write_text(FAKE_REMOTE)
+    env = {**os.environ, "BNVIZ_WORKER_MODE": "process", "BNVIZ_DATA_DIR": str(tmp_path / "data"),
+           "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}",
+           "FAKE_MNIST_SHA256": json.dumps({f: sha(b) for f, b in blobs.items()})}
+    env.pop("OMP_NUM_THREADS", None)
+    out = tmp_path / "child"
+    proc = subprocess.run([sys.executable, "-c", WARM_AND_TRAIN, str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "forkserver True workers 0" in proc.stdout
+    assert out.exists(), proc.stderr[-2000:]
+    assert out.read_text() == "('mnist',) 1 1"  # loaded once, in the forkserver; a hit in the worker
+    assert "run finished None" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("mode, warms", [("process", True), ("thread", False), ("fibers", False)])
+def test_labs_and_sweep_slots_warm_the_forkserver_only_on_a_server_of_worker_processes(monkeypatch, mode, warms):
+    """Both are made as their page opens; a bad BNVIZ_WORKER_MODE is left to the Start click to report."""
+    from ui import sweeps
+
+    warmed = []
+    monkeypatch.setattr(remote, "warm_up", lambda: warmed.append(True))
+    monkeypatch.setenv("BNVIZ_WORKER_MODE", mode)
+    live.Lab(pool=live.WorkerPool())
+    sweeps.SweepSlot(presets.get("high-lr"))
+    assert warmed == [True, True] if warms else warmed == []

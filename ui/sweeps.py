@@ -16,7 +16,7 @@ import streamlit as st
 from bnviz import limits, presets
 from bnviz.claims import sweep_threshold
 from bnviz.figures import field_title, sweep_figure
-from bnviz.live import POOL
+from bnviz.live import POOL, warm_workers
 from bnviz.presets import Preset
 from bnviz.sweep import SweepJob, SweepResult, alive_sweeps, preset_report
 from ui.common import download_buttons, kept_files, link_settings_ui, once_per_click, write_link
@@ -33,6 +33,7 @@ class SweepSlot:
         self.steps: int | None = None
         self.message: str | None = None
         self._lock = threading.Lock()
+        warm_workers()  # its job trains in processes on such a server: see there
 
     def start(self, steps: int) -> None:
         with self._lock:
