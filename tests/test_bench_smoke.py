@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,13 @@ def test_the_probed_naive_baseline_records_every_layer_metric_of_the_engine():
         assert got["weight_norm"] == pytest.approx(lin.weight.norm().item(), rel=1e-6)
         assert got["update_ratio"] == pytest.approx(0.5 * got["grad_norm"] / got["weight_norm"], rel=1e-5)
     assert loop.hists[0].sum(dim=1).tolist() == [60 * 100] * 3  # every value of each layer, in some bin
+
+
+def test_first_step_bench_times_workers_on_synthetic_full_size_mnist():
+    """A fresh forkserver (a subprocess) that trusts the synthetic files, preloads them, and
+    whose worker trains on them: no fallback to mnist-mini (the bench exits 1 on a notice)."""
+    proc = subprocess.run([sys.executable, "-m", "bench.first_step", "--synthetic-mnist", "--workers", "1",
+                           "--wait", "0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert "first step after Start (s): " in proc.stdout and "worker 1: Rss" in proc.stdout
+    assert "forkserver: Rss" in proc.stdout and "Pss of the forkserver and the workers" in proc.stdout
