@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
+import math
 import os
 import sys
 import threading
@@ -180,13 +181,32 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
     return data.reshape(dims)
 
 
+def pixel_stats(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (unbiased) std of uint8 ``images``' pixels scaled to [0, 1], as float32 scalars.
+
+    Computed exactly, in integers, from the counts of the 256 values, then rounded once. torch's
+    float32 reduction rounds by its thread count (mnist-mini's mean differs in the last bit
+    between 1 and 2 threads), and the workers' forkserver loads on one thread while a server or
+    the CLI may use more (bnviz/worker_boot.py): exact statistics make every process normalize
+    to the same bits. For mnist-mini they equal torch's one-thread values (tests/test_data.py),
+    so runs made at one thread, as in docs/EXPERIMENTS.md, are unchanged.
+    """
+    counts = np.bincount(images.ravel(), minlength=256).tolist()
+    n = sum(counts)
+    s1 = sum(v * c for v, c in enumerate(counts))
+    s2 = sum(v * v * c for v, c in enumerate(counts))
+    mean = s1 / (255 * n)  # Python's int / int is correctly rounded
+    std = math.sqrt((n * s2 - s1 * s1) / (n * (n - 1) * 255 * 255))
+    return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+
+
 def _image_dataset(name, train_x, train_y, test_x, test_y, notice=None) -> Dataset:
     """uint8 images + labels -> normalized float32 tensors (stats from the train split)."""
     for x, y in ((train_x, train_y), (test_x, test_y)):
         if x.ndim != 3 or x.shape[1:] != (28, 28) or y.shape != (len(x),) or y.size == 0 or y.max() > 9:
             raise DataError(f"{name}: images {x.shape} and labels {y.shape} do not match 28x28 digits 0-9")
     x_train = torch.from_numpy(train_x.copy()).float().div_(255).unsqueeze(1)
-    mean, std = x_train.mean(), x_train.std()
+    mean, std = pixel_stats(train_x)
     x_test = torch.from_numpy(test_x.copy()).float().div_(255).unsqueeze(1)
     return Dataset(
         name=name,
@@ -200,6 +220,11 @@ def _image_dataset(name, train_x, train_y, test_x, test_y, notice=None) -> Datas
 
 
 def _mnist_mini() -> Dataset:
+    return _image_dataset("mnist-mini", *mnist_mini_split())
+
+
+def mnist_mini_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The bundled digits as uint8 (train images, train labels, test images, test labels)."""
     with resources.files("bnviz").joinpath("datasets/mnist_mini.npz").open("rb") as fh:
         npz = np.load(fh)
         images, labels = npz["images"], npz["labels"]
@@ -213,7 +238,7 @@ def _mnist_mini() -> Dataset:
         test.append(idx[cut:])
     rng = np.random.default_rng(_DATA_SEED)
     train, test = rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
-    return _image_dataset("mnist-mini", images[train], labels[train], images[test], labels[test])
+    return images[train], labels[train], images[test], labels[test]
 
 
 def _remote_dataset(name: str, root: Path) -> Dataset:

@@ -127,7 +127,7 @@ class RemoteTrainer:
             ctx = worker_context()
             self._conn, child = ctx.Pipe()
             # The Trainer is built with this process's torch thread count, as in thread mode
-            # (it shapes the float results of the datasets' preprocessing and the initial weights).
+            # (float results may depend on it; the datasets' normalization does not: data.pixel_stats).
             self._proc = ctx.Process(target=serve, args=(child, self.comparison, self.single_thread,
                                                          torch.get_num_threads()),
                                      name=PROCESS_NAME, daemon=True)

@@ -40,7 +40,8 @@ def _preload_datasets() -> tuple[str, ...]:
     wanted = {cfg.dataset for p in presets.PRESETS.values() for cfg in p.comparison().variants.values()}
     # On one thread: a process that has run a parallel region forks children whose first
     # parallel op waits forever on the parent's (absent) OpenMP threads. Measured: a worker
-    # hung in its Sampler's randperm. The count is put back for the workers (serve() sets theirs).
+    # hung in its Sampler's randperm. The count is put back for the workers (serve() sets theirs);
+    # the normalized images do not depend on it (data.pixel_stats).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     loaded = []
