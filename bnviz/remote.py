@@ -15,8 +15,8 @@ Children are forked by multiprocessing's forkserver, which has imported the engi
 the presets' datasets on disk once (bnviz/worker_boot.py): a worker trains its first step
 ~0.2 s after Start and shares torch's pages and MNIST's with its siblings, and the Streamlit
 process itself (its threads and locks) is never forked. The forkserver starts (~3 s) as soon
-as a page opens, while its user reads it (``warm_up``). A child whose parent
-dies sees its pipe close and stops.
+as a page opens, while its user reads it (``warm_up``). A child whose parent dies sees its
+pipe close and stops.
 
 The trade (docs/DEPLOYMENT.md, 10 sessions on 2 cores): 2.1x faster training per session,
 ~150 MB per worker, and a server that answers a little slower (workers run at nice +10).

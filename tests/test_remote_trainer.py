@@ -182,33 +182,30 @@ def test_workers_are_forked_with_torch_dynamo_already_imported(tmp_path):
 
 
 # The forkserver below is a fresh one in a subprocess: this process's may already run, started
-# with the session's empty data directory. fake_remote.py gives its bnviz.data the digests of the
-# small IDX files the test writes (a monkeypatch does not cross exec), and holds what a worker runs.
-FAKE_REMOTE = """
-import json, os
-from bnviz import data
-data.REMOTE["mnist"] = data.Remote(("http://127.0.0.1:9/",), json.loads(os.environ["FAKE_MNIST_SHA256"]))
+# with the session's empty data directory. bench.first_step, imported there first, gives its
+# bnviz.data the digests of the small IDX files the test writes (a monkeypatch does not cross exec).
+def report_loads(out: str) -> None:
+    """Run in a worker: what the forkserver preloaded, and whether mnist was read again."""
+    from bnviz import data, worker_boot
 
-def report_loads(out):
-    from bnviz import worker_boot
     data.load("mnist")
     info = data.load.cache_info()
-    open(out, "w").write(f"{worker_boot.PRELOADED} {info.misses} {info.hits}")
-"""
+    Path(out).write_text(f"{worker_boot.PRELOADED} {info.misses} {info.hits}")
+
 
 WARM_AND_TRAIN = """
 import multiprocessing.forkserver as fs, sys, time
-import fake_remote  # noqa: F401
 from bnviz import live, remote
+from tests.test_remote_trainer import report_loads
 from tests.test_trainer import small
-remote.worker_context().set_forkserver_preload(["fake_remote", "bnviz.worker_boot"])
+remote.worker_context().set_forkserver_preload(["bench.first_step", "bnviz.worker_boot"])
 lab = live.Lab(pool=live.WorkerPool())  # a page opening, on a server with BNVIZ_WORKER_MODE=process
 deadline = time.monotonic() + 60
 while fs._forkserver._forkserver_pid is None and time.monotonic() < deadline:
     time.sleep(0.01)
 print("forkserver", fs._forkserver._forkserver_pid is not None, "workers", remote.active_processes())
 
-p = remote.worker_context().Process(target=fake_remote.report_loads, args=(sys.argv[1],))
+p = remote.worker_context().Process(target=report_loads, args=(sys.argv[1],))
 p.start(); p.join(60)
 trainer = remote.RemoteTrainer(small("dataset=mnist", "depth=1", steps=3))
 trainer.resume()
@@ -223,6 +220,7 @@ def test_a_page_opening_warms_the_forkserver_which_preloads_datasets_on_disk_for
     """A page's Lab, made as the page opens, starts the forkserver without starting a worker;
     the forkserver reads the verified datasets on disk once and its workers train on them without
     reading them again, and without the hang a fork after a parallel region would leave them in."""
+    from bench.first_step import SYNTHETIC_VAR
     from tests.test_data import FILES, idx_gz, sha
 
     # As many images as torch splits over threads, both in the forkserver's normalization and in
@@ -236,10 +234,8 @@ def test_a_page_opening_warms_the_forkserver_which_preloads_datasets_on_disk_for
     (tmp_path / "data" / "mnist").mkdir(parents=True)
     for fname, blob in blobs.items():
         (tmp_path / "data" / "mnist" / fname).write_bytes(blob)
-    (tmp_path / "fake_remote.py").write_text(FAKE_REMOTE)
     env = {**os.environ, "BNVIZ_WORKER_MODE": "process", "BNVIZ_DATA_DIR": str(tmp_path / "data"),
-           "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}",
-           "FAKE_MNIST_SHA256": json.dumps({f: sha(b) for f, b in blobs.items()})}
+           "PYTHONPATH": str(ROOT), SYNTHETIC_VAR: json.dumps({f: sha(b) for f, b in blobs.items()})}
     env.pop("OMP_NUM_THREADS", None)
     out = tmp_path / "child"
     proc = subprocess.run([sys.executable, "-c", WARM_AND_TRAIN, str(out)], cwd=ROOT, env=env,
