@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from bnviz import data as datasets
+from bnviz import optimizers
 from bnviz.config import Comparison, RunConfig
 from bnviz.cuda_graphs import GPU_LOCK, StepGraphs
 from bnviz.errors import ConfigError, training_failure
@@ -113,9 +114,9 @@ class Variant:
 
 def _optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return optimizers.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     momentum = 0.9 if cfg.optimizer == "momentum" else 0.0
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=momentum, weight_decay=cfg.weight_decay)
+    return optimizers.SGD(params, lr=cfg.lr, momentum=momentum, weight_decay=cfg.weight_decay)
 
 
 def tracked_units(cfg: RunConfig) -> list[int]:

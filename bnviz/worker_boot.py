@@ -24,10 +24,6 @@ import torch  # noqa: E402
 
 import bnviz.trainer  # noqa: E402,F401 -- the engine loads once here; every worker shares its pages
 
-# torch's first optimizer imports torch._dynamo (Optimizer.__init__ is wrapped to keep dynamo
-# out), ~1 s: once here rather than in every worker as it builds its Trainer.
-torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-
 # The remote datasets the presets train on (mnist: Paper Figure 1), when already on disk (the
 # Docker image fetches them at build time), are read here once and every worker inherits them:
 # 60,000 MNIST images are 220 MB of float32 tensors that each worker would otherwise read, verify

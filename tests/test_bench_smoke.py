@@ -127,3 +127,22 @@ def test_first_step_bench_times_workers_on_synthetic_full_size_mnist():
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert "first step after Start (s): " in proc.stdout and "worker 1: Rss" in proc.stdout
     assert "forkserver: Rss" in proc.stdout and "Pss of the forkserver and the workers" in proc.stdout
+
+
+def test_startup_bench_times_each_start_of_both_trees(capsys, monkeypatch):
+    from bench import startup
+
+    seen = []
+    real = startup.measure_once
+
+    def spy(tree, what, out):
+        seen.append((tree.name, what))
+        return real(tree, what, out)
+
+    monkeypatch.setattr(startup, "measure_once", spy)
+    assert startup.main(["--rounds", "1", "--against", "HEAD"]) == 0
+    out = capsys.readouterr().out
+    assert {w for _, w in seen} == set(startup.MEASURES) and {t for t, _ in seen} == {ROOT.name, "base"}
+    for what in startup.MEASURES:
+        for tree in ("new", "base"):
+            assert f"  {what:12s} {tree:5s} median" in out
