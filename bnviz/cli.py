@@ -97,15 +97,18 @@ def _out_dir(args) -> Path:
 
 
 def _run_sweep(args, comparison: Comparison, sweep: tuple[str, tuple], jobs: int | None) -> int:
-    from tqdm import tqdm
-
     from bnviz import parallel
-    from bnviz.claims import sweep_threshold
-    from bnviz.sweep import plan, preset_report, run_lengths, run_sweep
 
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise ConfigError(f"--threshold: must be between 0 and 1, got {args.threshold!r}")
     field, values = sweep
+    parallel.start_early(len(values), len(values) * comparison.steps, comparison, jobs)  # before torch loads
+
+    from tqdm import tqdm
+
+    from bnviz.claims import sweep_threshold
+    from bnviz.sweep import plan, preset_report, run_lengths, run_sweep
+
     spec = (comparison, field, values)
     runs = plan(spec)  # bad input (an unknown field) fails here, before any output
     if jobs is None:
@@ -201,8 +204,7 @@ def _train(args, comparison: Comparison, jobs: int | None, out: Path) -> RunSnap
 
 
 def _run(args) -> int:
-    from bnviz.report import to_html
-    from bnviz.runlog import to_csv
+    from bnviz import parallel
 
     comparison = _comparison(args)
     jobs = _jobs(args)
@@ -210,6 +212,10 @@ def _run(args) -> int:
     if sweep is not None:
         return _run_sweep(args, comparison, sweep, jobs)
     out = _out_dir(args)
+    parallel.start_early(len(comparison.variants), comparison.steps, comparison, jobs)  # before torch loads
+    from bnviz.report import to_html
+    from bnviz.runlog import to_csv
+
     snap = _train(args, comparison, jobs, out)
     (out / "metrics.csv").write_text(to_csv(snap), encoding="utf-8")
     title = f"bnviz: {args.preset}" if args.preset else "bnviz run"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from bnviz import limits
-from bnviz.data import DATASETS, IMAGE_DATASETS
+from bnviz.dataset_names import DATASETS, IMAGE_DATASETS
 from bnviz.errors import ConfigError
 
 MODELS = ("mlp", "cnn")

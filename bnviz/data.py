@@ -33,10 +33,8 @@ import platformdirs
 import pooch
 import torch
 
+from bnviz.dataset_names import DATASETS
 from bnviz.errors import BnvizError, ConfigError, DataError
-
-DATASETS: tuple[str, ...] = ("mnist-mini", "mnist", "fashion-mnist", "spiral", "circles", "xor", "blobs")
-IMAGE_DATASETS: frozenset[str] = frozenset({"mnist-mini", "mnist", "fashion-mnist"})
 
 
 class Remote(NamedTuple):

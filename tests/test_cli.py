@@ -64,6 +64,24 @@ def test_presets_command_lists_every_preset():
         assert p.title in proc.stdout
 
 
+BEFORE_TORCH = """
+import sys
+from bnviz import cli, parallel, remote
+assert cli.main(["presets"]) == 0
+bad = cli.main(["run", "--preset", "paper-fig1", "--set", "lr=fast", "--out", sys.argv[1]])
+print(bad, "torch" in sys.modules)
+"""
+
+
+def test_presets_and_bad_input_answer_before_torch_loads(tmp_path):
+    """The CLI reads its presets, checks its input and can start the workers' forkserver
+    (parallel.start_early) before anything imports torch (~1.3 s)."""
+    out = subprocess.run([sys.executable, "-c", BEFORE_TORCH, str(tmp_path / "out")], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "2 False" and "lr" in out.stderr
+
+
 def test_presets_in_process(capsys):
     rc, out, _ = main(capsys, "presets")
     assert rc == 0 and all(name in out for name in presets.PRESETS)

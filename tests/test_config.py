@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from bnviz import limits, presets
 from bnviz.config import BATCH_STAT_NORMS, FIELDS, Comparison, RunConfig, parse_value
-from bnviz.data import IMAGE_DATASETS
+from bnviz.dataset_names import IMAGE_DATASETS
 from bnviz.errors import ConfigError
 from bnviz.models import build_model
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from bnviz import data
+from bnviz.dataset_names import IMAGE_DATASETS
 from bnviz.errors import ConfigError, DataError
 
 N_TRAIN, N_TEST = 20, 10
@@ -406,8 +407,8 @@ def test_unknown_dataset_name_raises_config_error_naming_field_value_and_choices
 
 def test_dataset_names_and_image_set_are_consistent():
     assert data.DATASETS == ("mnist-mini", "mnist", "fashion-mnist", "spiral", "circles", "xor", "blobs")
-    assert data.IMAGE_DATASETS == {"mnist-mini", "mnist", "fashion-mnist"}
-    assert set(data.REMOTE) <= data.IMAGE_DATASETS
+    assert IMAGE_DATASETS == {"mnist-mini", "mnist", "fashion-mnist"}
+    assert set(data.REMOTE) <= IMAGE_DATASETS
     for remote in data.REMOTE.values():
         assert set(remote.sha256) == set(FILES)
         assert all(len(h) == 64 and int(h, 16) >= 0 for h in remote.sha256.values())

@@ -104,6 +104,30 @@ def test_auto_uses_one_process_per_task_and_core_for_long_cpu_work(monkeypatch):
     assert parallel.auto_jobs(2, parallel.AUTO_MIN_STEPS, cmp) == 1
 
 
+def test_the_forkserver_starts_early_exactly_when_auto_would_use_processes(monkeypatch):
+    """start_early decides without torch what auto_jobs decides with it (a device left to auto
+    counts as the CPU, as it is on this machine)."""
+    started = []
+    monkeypatch.setattr(remote, "warm_up", lambda: started.append(1))
+    monkeypatch.setattr(parallel, "available_cores", lambda: 2)
+    long, short = parallel.AUTO_MIN_STEPS, parallel.AUTO_MIN_STEPS - 1
+    on_cpu = comparison(BASE + ["variants=plain,bn", "bn.norm=batch", "device=cpu"])
+    for device in ("cpu", "auto"):
+        cmp = comparison(BASE + ["variants=plain,bn", "bn.norm=batch", f"device={device}"])
+        for tasks, steps, jobs in [(2, long, None), (2, short, None), (1, long, None), (2, short, 2), (2, long, 1),
+                                   (1, long, 2)]:
+            expected = min(jobs or parallel.auto_jobs(tasks, steps, on_cpu), tasks) > 1
+            before = len(started)
+            assert parallel.start_early(tasks, steps, cmp, jobs) == expected, (device, tasks, steps, jobs)
+            assert len(started) - before == expected
+    assert len(started) == 4
+    monkeypatch.setattr(parallel, "available_cores", lambda: 1)
+    assert not parallel.start_early(2, long, on_cpu, None)
+    monkeypatch.setattr(parallel, "available_cores", lambda: 2)
+    assert not parallel.start_early(2, long, comparison(BASE + ["variants=plain,bn", "device=cuda"]), None)
+    assert len(started) == 4
+
+
 # --------------------------------------------------------------------------- sweeps
 
 SPIRAL = BASE + ["dataset=spiral", "depth=2", "width=16", "activation=relu", "init=kaiming", "init_scale=1.0",

@@ -28,7 +28,7 @@ from bnviz.config import (
     PLACEMENTS,
     Comparison,
 )
-from bnviz.data import DATASETS
+from bnviz.dataset_names import DATASETS
 from bnviz.errors import BnvizError
 from bnviz.figures import FIGURES, preset_figures
 from bnviz.limits import current as current_limits
