@@ -11,7 +11,8 @@ What it does, in order:
    OMP_NUM_THREADS=MKL_NUM_THREADS=1, a private BNVIZ_DATA_DIR), with the server helper of
    the browser tests (tests/browser_support.py);
    A warm-up session presses Start once and closes (--no-warmup: measure the cold start),
-   because the first Start in a fresh process imports torch._dynamo under the import lock.
+   because the first Start in a fresh process imported torch._dynamo under the import lock
+   (until bnviz.optimizers); kept so that runs stay comparable with the earlier figures.
    A sitecustomize.py on the server's PYTHONPATH names its OS threads after the Python
    threads, so /proc splits its CPU into training workers / event loop / script runs
    (--no-thread-names leaves it out);
@@ -643,10 +644,11 @@ async def run_load(sessions: int, seconds: float, workers: int = 4, steps: int =
 async def _warm_up(new_tab, url: str, server, say) -> dict:
     """One session presses Start and waits for its first steps, then closes (not measured).
 
-    The first Start in a fresh server process imports what torch needs for its first
-    optimizer (torch._dynamo, via torch.optim) and holds the import lock while it does; on
-    two busy cores that takes long and stalls every other session's script run meanwhile.
-    A class pays it once per replica; the measurement should not.
+    The first Start in a fresh server process imported what torch needed for its first
+    optimizer (torch._dynamo, via torch.optim, until bnviz.optimizers) and held the import
+    lock while it did; on two busy cores that took long and stalled every other session's
+    script run meanwhile. A class paid it once per replica; the measurement should not. What
+    a first Start still does once (its dataset, the engine's first buffers) stays out too.
     """
     s = Session(-1)
     t0 = time.time()

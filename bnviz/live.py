@@ -293,7 +293,7 @@ def alive_workers() -> int:
 
 
 def warm_workers() -> None:
-    """On a server that trains in processes, start their forkserver as a page opens (~3 s of
+    """On a server that trains in processes, start their forkserver as a page opens (~1.5 s of
     imports and MNIST, bnviz/remote.py) rather than after the first Start click."""
     try:
         if limits.worker_mode() == "process":

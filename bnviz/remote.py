@@ -14,7 +14,7 @@ runs the ordinary threaded Trainer, so both modes train the same numbers.
 Children are forked by multiprocessing's forkserver, which has imported the engine and read
 the presets' datasets on disk once (bnviz/worker_boot.py): a worker trains its first step
 ~0.2 s after Start and shares torch's pages and MNIST's with its siblings, and the Streamlit
-process itself (its threads and locks) is never forked. The forkserver starts (~3 s) as soon
+process itself (its threads and locks) is never forked. The forkserver starts (~1.5 s) as soon
 as a page opens, while its user reads it (``warm_up``). A child whose parent dies sees its
 pipe close and stops.
 
@@ -59,7 +59,7 @@ def worker_context():
 def warm_up() -> None:
     """Start the workers' forkserver now, in the background, if it is not running yet.
 
-    It imports torch and the engine and reads MNIST before it forks its first worker, ~3 s:
+    It imports torch and the engine and reads MNIST before it forks its first worker, ~1.2-1.6 s:
     started when a page opens (``live.warm_workers``), that is done while the user reads the
     page, not after they press Start.
     """
