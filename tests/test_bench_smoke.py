@@ -146,3 +146,11 @@ def test_startup_bench_times_each_start_of_both_trees(capsys, monkeypatch):
     for what in startup.MEASURES:
         for tree in ("new", "base"):
             assert f"  {what:12s} {tree:5s} median" in out
+
+
+def test_csv_export_bench_times_both_writers_and_checks_they_agree(capsys):
+    from bench import csv_export
+
+    assert csv_export.main(["--steps", "3000", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "to_csv" in out and "row by row" in out and "same text: True" in out

@@ -267,6 +267,34 @@ def test_tidy_rows_count():
     assert len(rows) == expected
 
 
+def _awkward_log() -> RunLog:
+    """Names CSV must quote, and values whose text is easy to get wrong."""
+    names, layers = ("a,b", 'say "hi"', "line\nbreak"), ("h,1", 'h"2', "h 3")
+    log = make_log(variants=names, layers=layers)
+    steps = np.array([1, 2, 10, 1_000_000])
+    rows = synthetic_rows(steps) * np.float32(1.1)
+    rows[0, :6] = [np.nan, np.inf, -np.inf, -0.0, 1e-45, 3.4e38]
+    for name in names:
+        log.append_steps(name, steps, rows)
+        log.append_eval(name, 10, 1e-7, 1.0)
+    log.append_landscape(names[1], 2, np.full((len(layers), 2), np.nan), np.array([0.1, np.inf, 1e20]))
+    log.set_status(names[2], "diverged", "NaN", diverged_at=11)
+    return log
+
+
+def test_csv_is_the_row_by_row_writers_text_byte_for_byte():
+    from bench.csv_export import row_by_row  # csv.writer, one tidy row at a time
+    from bnviz.trainer import Trainer
+    from tests.test_trainer import small
+
+    trained = Trainer(small("variants=plain,bn", "bn.norm=batch", "landscape_every=10", steps=30))
+    trained.run()
+    for snap in (_recorded_log().snapshot(), _awkward_log().snapshot(), trained.log.snapshot(),
+                 make_log().snapshot()):
+        assert to_csv(snap) == row_by_row(snap)
+    assert len(_parse(to_csv(_awkward_log().snapshot()))) == len(list(tidy_rows(_awkward_log().snapshot())))
+
+
 def test_csv_round_trips_series_evaluations_landscape_and_divergence():
     from bnviz.runlog import from_csv
     snap = _recorded_log().snapshot()
