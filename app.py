@@ -6,6 +6,16 @@ every layer's distribution, gradients and loss move, live.
 The pages and their order are in ui/navigation.py.
 """
 
-from ui import navigation
+import sys
+
+from bnviz.numpy_sort import prefer_avx2_sort
+
+# Before anything imports numpy (Streamlit imports it only as the first page runs): numpy picks
+# its sort code once, and on AMD Zen 4 its AVX-512 sort is 4-7x slower than its AVX2 one
+# (bnviz/numpy_sort.py); the probes of a thread-mode server's workers sort every step.
+if "numpy" not in sys.modules:  # the server's first page run; later runs would decide nothing
+    prefer_avx2_sort()
+
+from ui import navigation  # noqa: E402
 
 navigation.run()

@@ -9,11 +9,11 @@ machine, six rows of 6,000 floats: sort 439 us with the AVX-512 code, 114 us wit
 partition 227 us and 32 us (docs/PERFORMANCE.md). Zen 5 and Intel's CPUs are not affected.
 
 numpy picks its code when it is imported, from ``NPY_DISABLE_CPU_FEATURES``. So bnviz's
-entry points call ``prefer_avx2_sort()`` before numpy is imported where they can (the CLI,
-the bench) and before they start child processes (the workers' forkserver), which import
-numpy afresh. A server process that imported numpy before bnviz (``streamlit run`` does)
-keeps the slow code in its own thread workers: start it with
-``NPY_DISABLE_CPU_FEATURES=X86_V4`` on Zen 4 (docs/DEPLOYMENT.md).
+entry points call ``prefer_avx2_sort()`` before numpy is imported (the CLI, the bench, and
+app.py: a Streamlit server imports numpy only as its first page runs) and before they start
+child processes (the workers' forkserver), which import numpy afresh. A process that
+imported numpy before bnviz (a notebook, say) keeps the slow code: there, set
+``NPY_DISABLE_CPU_FEATURES=X86_V4`` before starting it on Zen 4 (docs/DEPLOYMENT.md).
 """
 
 from __future__ import annotations

@@ -73,3 +73,50 @@ def test_the_cli_and_the_workers_forkserver_prefer_avx2_before_numpy_is_imported
     assert any(isinstance(n, ast.Expr) and ast.unparse(n) == "prefer_avx2_sort()" for n in bench)
     remote = (ROOT / "bnviz" / "remote.py").read_text()
     assert remote.index("prefer_avx2_sort()") < remote.index('multiprocessing.get_context("forkserver")')
+
+
+# Records, at numpy's first import in the server process, whether bnviz.numpy_sort was loaded
+# and what numpy is about to read from NPY_DISABLE_CPU_FEATURES.
+RECORD_NUMPY_IMPORT = """
+import os, sys
+
+class _Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy":
+            sys.meta_path.remove(self)
+            with open(os.environ["BNVIZ_TEST_NUMPY_RECORD"], "w") as f:
+                f.write(f"{'bnviz.numpy_sort' in sys.modules} {os.environ.get('NPY_DISABLE_CPU_FEATURES')}")
+        return None
+
+sys.meta_path.insert(0, _Watch())
+"""
+
+
+@pytest.mark.browser
+def test_a_streamlit_server_chooses_numpys_sort_before_numpy_loads(tmp_path, monkeypatch):
+    """`streamlit run app.py` imports numpy only as the first page runs, and app.py calls
+    prefer_avx2_sort() before that: a thread-mode server's workers get numpy's AVX2 sort on
+    Zen 4 too. On other CPUs the variable stays unset, and only the order is checked."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser_support import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, open_app, start_server, stop_server
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(RECORD_NUMPY_IMPORT)
+    record = tmp_path / "numpy-import"
+    monkeypatch.delenv(ENV, raising=False)  # set in this process by `import bench` (bench/__init__.py)
+    chosen: dict[str, str] = {}
+    prefer_avx2_sort(chosen)  # what the server should choose on this CPU
+    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)
+    server = start_server(tmp_path / "server", {"PYTHONPATH": path, "BNVIZ_TEST_NUMPY_RECORD": str(record)})
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                open_app(browser.new_page(viewport=VIEWPORT), server)
+            finally:
+                browser.close()
+        assert record.read_text() == f"True {chosen.get(ENV)}"
+    finally:
+        stop_server(server)
