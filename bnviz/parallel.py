@@ -10,7 +10,7 @@ process would have written at the same torch thread count (a sweep's values neve
 on each other). Why it is worth it: the whole paper-fig1 on two Zen 3 cores took 96 s in
 two processes against 126 s in one at one thread and 108 s in one at two threads (the BN
 variant alone cost ~2/3 of the pair there: docs/PERFORMANCE.md, step 9); on two Zen 4
-cores, where the two cost about the same, 56.6 s against 86 s. The live app does not
+cores, where the two cost about the same, 52.4 s against 91.4 s (run K). The live app does not
 use this: on a class server every core already trains a student's run.
 
 Numbers depend on the torch thread count a process trains with (batch norm's reductions
