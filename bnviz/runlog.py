@@ -248,26 +248,28 @@ def _split_landscape(rows: np.ndarray, n_layers: int) -> dict[str, np.ndarray]:
 CSV_HEADER = ("variant", "step", "layer", "metric", "value")
 
 
+def _tidy_blocks(snap: RunSnapshot) -> Iterator[tuple[str, np.ndarray, list[tuple[str, str, np.ndarray]]]]:
+    """The tidy rows in blocks, in their order: (variant, steps, columns), each step's rows one
+    per column; a column is (layer, metric, its value at each step), layer '' for
+    whole-network metrics."""
+    for name, v in snap.variants.items():
+        yield name, v.steps, ([("", m, v.series[m]) for m in STEP_METRICS]
+                              + [(layer, m, v.series[m][:, j]) for j, layer in enumerate(v.layers)
+                                 for m in LAYER_METRICS])
+        yield name, v.eval_steps, [("", m, v.evals[m]) for m in EVAL_METRICS]
+        yield name, v.landscape_steps, ([(layer, m, v.landscape[m][:, j]) for j, layer in enumerate(v.layers)
+                                         for m in LANDSCAPE_LAYER_METRICS]
+                                        + [("", m, v.landscape[m]) for m in LANDSCAPE_METRICS])
+        if v.diverged_at is not None:
+            yield name, np.array([v.diverged_at]), [("", DIVERGED, np.ones(1))]
+
+
 def tidy_rows(snap: RunSnapshot) -> Iterator[tuple[str, int, str, str, float]]:
     """(variant, step, layer, metric, value) rows; layer is '' for whole-network metrics."""
-    for name, v in snap.variants.items():
-        for i, step in enumerate(v.steps.tolist()):
-            for m in STEP_METRICS:
-                yield name, step, "", m, float(v.series[m][i])
-            for j, layer in enumerate(v.layers):
-                for m in LAYER_METRICS:
-                    yield name, step, layer, m, float(v.series[m][i, j])
-        for i, step in enumerate(v.eval_steps.tolist()):
-            for m in EVAL_METRICS:
-                yield name, step, "", m, float(v.evals[m][i])
-        for i, step in enumerate(v.landscape_steps.tolist()):
-            for j, layer in enumerate(v.layers):
-                for m in LANDSCAPE_LAYER_METRICS:
-                    yield name, step, layer, m, float(v.landscape[m][i, j])
-            for m in LANDSCAPE_METRICS:
-                yield name, step, "", m, float(v.landscape[m][i])
-        if v.diverged_at is not None:
-            yield name, v.diverged_at, "", DIVERGED, 1.0
+    for name, steps, columns in _tidy_blocks(snap):
+        for i, step in enumerate(steps.tolist()):
+            for layer, metric, values in columns:
+                yield name, step, layer, metric, float(values[i])
 
 
 def to_csv(snap: RunSnapshot) -> str:
@@ -279,16 +281,8 @@ def to_csv(snap: RunSnapshot) -> str:
     run stops, and every other page on the server waits that long.
     """
     lines = [",".join(CSV_HEADER)]
-    for name, v in snap.variants.items():
-        lines += _csv_block(name, v.steps, [("", m, v.series[m]) for m in STEP_METRICS]
-                            + [(layer, m, v.series[m][:, j]) for j, layer in enumerate(v.layers)
-                               for m in LAYER_METRICS])
-        lines += _csv_block(name, v.eval_steps, [("", m, v.evals[m]) for m in EVAL_METRICS])
-        lines += _csv_block(name, v.landscape_steps,
-                            [(layer, m, v.landscape[m][:, j]) for j, layer in enumerate(v.layers)
-                             for m in LANDSCAPE_LAYER_METRICS] + [("", m, v.landscape[m]) for m in LANDSCAPE_METRICS])
-        if v.diverged_at is not None:
-            lines += _csv_block(name, np.array([v.diverged_at]), [("", DIVERGED, np.ones(1))])
+    for name, steps, columns in _tidy_blocks(snap):
+        lines += _csv_block(name, steps, columns)
     return "\n".join(lines) + "\n"
 
 
