@@ -54,9 +54,13 @@ def auto_jobs(tasks: int, steps: int, comparison: Comparison) -> int:
     cores, does the work)."""
     from bnviz.trainer import resolve_device
 
-    if steps < AUTO_MIN_STEPS or any(resolve_device(c.device)[0].type != "cpu" for c in comparison.variants.values()):
-        return 1
-    return max(1, min(tasks, available_cores()))
+    on_cpu = all(resolve_device(c.device)[0].type == "cpu" for c in comparison.variants.values())
+    return _auto_jobs(tasks, steps, on_cpu)
+
+
+def _auto_jobs(tasks: int, steps: int, on_cpu: bool) -> int:
+    """auto_jobs' rule, for start_early too, which must decide before torch is imported."""
+    return max(1, min(tasks, available_cores())) if steps >= AUTO_MIN_STEPS and on_cpu else 1
 
 
 def start_early(tasks: int, steps: int, comparison: Comparison, jobs: int | None) -> bool:
@@ -66,10 +70,8 @@ def start_early(tasks: int, steps: int, comparison: Comparison, jobs: int | None
     process imports them too: ~1 s sooner to the first step of ``python -m bnviz run --jobs 2``.
     Whether it started."""
     if jobs is None:
-        likely = (steps >= AUTO_MIN_STEPS and min(tasks, available_cores()) > 1
-                  and all(c.device in ("auto", "cpu") for c in comparison.variants.values()))
-    else:
-        likely = min(jobs, tasks) > 1
+        jobs = _auto_jobs(tasks, steps, all(c.device in ("auto", "cpu") for c in comparison.variants.values()))
+    likely = min(jobs, tasks) > 1
     if likely:
         from bnviz.remote import warm_up
 
