@@ -30,13 +30,18 @@ ROOT = Path(__file__).resolve().parent.parent
 _IMPORT = re.compile(r"\b(from|import)\s+bnviz\b|\bbnviz\.(?=[a-z_])")
 
 
-def load_base(rev: str, into: Path):
-    """REV's bnviz/ extracted into ``into`` as the package ``bnviz_base`` and imported."""
+def extract_bnviz(rev: str, into: Path) -> Path:
+    """REV's bnviz/ (``git archive``) extracted as ``into``/bnviz; CalledProcessError if git cannot read REV."""
     tar = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "bnviz"], check=True, capture_output=True).stdout
     with tarfile.open(fileobj=io.BytesIO(tar)) as t:
         t.extractall(into, filter="data")
+    return into / "bnviz"
+
+
+def load_base(rev: str, into: Path):
+    """REV's bnviz/ extracted into ``into`` as the package ``bnviz_base`` and imported."""
     pkg = into / "bnviz_base"
-    (into / "bnviz").rename(pkg)
+    extract_bnviz(rev, into).rename(pkg)
     for f in pkg.rglob("*.py"):
         src = f.read_text()
         f.write_text(_IMPORT.sub(lambda m: m.group(0).replace("bnviz", "bnviz_base"), src))

@@ -16,16 +16,14 @@ median and range of each; numbers in docs/DEPLOYMENT.md and docs/PERFORMANCE.md.
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.ab import ROOT, extract_bnviz
 
 _PROBE = """
 import sys, time
@@ -83,15 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         trees = {"new": ROOT}
         if args.against:
             try:
-                tar = subprocess.run(["git", "-C", str(ROOT), "archive", args.against, "bnviz"], check=True,
-                                     capture_output=True).stdout
+                trees["base"] = extract_bnviz(args.against, Path(tmp) / "base").parent
             except subprocess.CalledProcessError as exc:
                 print(f"bench.startup: --against: git cannot read {args.against!r} "
                       f"({exc.stderr.decode().strip()[:200]})", file=sys.stderr)
                 return 2
-            with tarfile.open(fileobj=io.BytesIO(tar)) as t:
-                t.extractall(Path(tmp) / "base", filter="data")
-            trees["base"] = Path(tmp) / "base"
         got = measure(trees, args.rounds, Path(tmp))
     print(f"seconds, {args.rounds} rounds, fresh processes; new = working tree"
           + (f", base = {args.against}" if args.against else ""))
