@@ -12,6 +12,7 @@ load slows every engine of a round alike.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import re
 import statistics
@@ -38,6 +39,12 @@ def extract_bnviz(rev: str, into: Path) -> Path:
     return into / "bnviz"
 
 
+def unreadable(tool: str, rev: str, exc: subprocess.CalledProcessError) -> int:
+    """The one-line error of a --against REV that git cannot read; the exit status, 2."""
+    print(f"{tool}: --against: git cannot read {rev!r} ({exc.stderr.decode().strip()[:200]})", file=sys.stderr)
+    return 2
+
+
 def load_base(rev: str, into: Path):
     """REV's bnviz/ extracted into ``into`` as the package ``bnviz_base`` and imported."""
     pkg = into / "bnviz_base"
@@ -50,6 +57,20 @@ def load_base(rev: str, into: Path):
     import bnviz_base.trainer
 
     return bnviz_base
+
+
+@contextlib.contextmanager
+def base_package(rev: str):
+    """REV's bnviz/ imported as ``bnviz_base`` (load_base) while the block runs, unloaded after:
+    a later call may load another commit under the same name."""
+    with tempfile.TemporaryDirectory(prefix="bnviz-ab-") as tmp:
+        try:
+            yield load_base(rev, Path(tmp))
+        finally:
+            if tmp in sys.path:
+                sys.path.remove(tmp)
+            for name in [m for m in sys.modules if m == "bnviz_base" or m.startswith("bnviz_base.")]:
+                del sys.modules[name]
 
 
 def _trainer(pkg, probes: bool):
@@ -65,20 +86,13 @@ def measure(rev: str = "HEAD", rounds: int = 15, steps: int = 50) -> dict:
     import bnviz.presets
     import bnviz.trainer
 
-    with tempfile.TemporaryDirectory(prefix="bnviz-ab-") as tmp, torch_threads(1):
-        try:
-            base = load_base(rev, Path(tmp))
-            trainers = {f"{name} {'on' if probes else 'off'}": _trainer(pkg, probes)
-                        for name, pkg in (("base", base), ("new", bnviz)) for probes in (True, False)}
-            wall, cpu = interleave({k: tr._step_all for k, tr in trainers.items()}, chunk=steps, rounds=rounds,
-                                   warmup=0)
-            for tr in trainers.values():
-                tr._end("stopped")
-        finally:
-            if tmp in sys.path:
-                sys.path.remove(tmp)
-            for name in [m for m in sys.modules if m == "bnviz_base" or m.startswith("bnviz_base.")]:
-                del sys.modules[name]  # a later call may load another commit under the same name
+    with base_package(rev) as base, torch_threads(1):
+        trainers = {f"{name} {'on' if probes else 'off'}": _trainer(pkg, probes)
+                    for name, pkg in (("base", base), ("new", bnviz)) for probes in (True, False)}
+        wall, cpu = interleave({k: tr._step_all for k, tr in trainers.items()}, chunk=steps, rounds=rounds,
+                               warmup=0)
+        for tr in trainers.values():
+            tr._end("stopped")
 
     def ratio(a: str, b: str) -> float:
         return statistics.median(x / y for x, y in zip(cpu[a], cpu[b]))
@@ -100,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         got = measure(args.against, args.rounds, args.steps)
     except subprocess.CalledProcessError as exc:
-        print(f"bench.ab: --against: git cannot read {args.against!r} ({exc.stderr.decode().strip()[:200]})",
-              file=sys.stderr)
-        return 2
+        return unreadable("bench.ab", args.against, exc)
     print(f"paper-fig1 lockstep of both variants, 1 thread, {args.rounds} rounds x {args.steps} steps, "
           f"base = {args.against}, new = working tree")
     for k in got["cpu_us"]:

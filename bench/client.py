@@ -3,7 +3,8 @@
 The server builds a refresh in ~10 ms (`python -m bench --only page`); the browser then redraws
 every chart. This times that redraw for the eight FIGURES charts of a 100,000-step run
 (bench.synth), alternating two snapshots 500 steps apart so that each react has new data, for
-the figures as bnviz sends them and as they were before plotly's automargin and tick-label
+the figures as bnviz sends them and either as commit REV's bnviz sends them (``--against REV``,
+loaded beside it as bench.ab does) or as they were before plotly's automargin and tick-label
 overflow checks were left to the left-edge y axes (bnviz.figures._fixed_margins), interleaved
 round by round in one page, so the ratio holds on a noisy machine.
 
@@ -11,7 +12,7 @@ It runs plotly.py's own plotly.js (Streamlit bundles its own build of the same m
 without Streamlit's theme, which draws labels larger; the live page's own cost is in
 docs/PERFORMANCE.md (client), taken from Chromium's performance metrics during training.
 
-    python -m bench.client [--rounds 10] [--steps 100000]
+    python -m bench.client [--rounds 10] [--steps 100000] [--against REV]
     python -m bench.client --live [--seconds 20]   # the app itself, while it trains
 """
 
@@ -25,11 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import importlib
+import subprocess
+
 import plotly
 from playwright.sync_api import sync_playwright
 from plotly.offline import get_plotlyjs_version
 
-from bench import synth
+from bench import ab, synth
 from bnviz import figures
 from tests.browser_support import (CHROMIUM, CHROMIUM_ARGS, COUNT_RUN_ENDS, FRAGMENT_RUN, VIEWPORT, run_ends,
                                    start_server, stop_server)
@@ -38,10 +42,11 @@ PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 WIDTH_PX = 870  # a chart's width in the app's wide layout at a 1400-pixel window
 
 
-def page_figures(steps: int) -> list[dict]:
-    """The FIGURES charts of a synthetic run, as the page sends them (JSON, read back)."""
+def page_figures(steps: int, figs=figures) -> list[dict]:
+    """The FIGURES charts of a synthetic run as the page sends them (JSON, read back), built by
+    ``figs``: this tree's bnviz.figures, or another commit's."""
     snap = synth.fill(steps).snapshot()
-    return [json.loads(figures.for_page(spec.build, snap).to_json()) for spec in figures.FIGURES]
+    return [json.loads(figs.for_page(spec.build, snap).to_json()) for spec in figs.FIGURES]
 
 
 def automargin_everywhere(fig: dict) -> dict:
@@ -78,10 +83,17 @@ _DRAW = """async ([sets, rounds, width]) => {
 }"""
 
 
-def measure(rounds: int = 10, steps: int = 100_000) -> dict:
-    """Per variant: ms of Plotly.react per refresh (median over rounds) and per chart."""
+def measure(rounds: int = 10, steps: int = 100_000, against: str | None = None) -> dict:
+    """Per variant: ms of Plotly.react per refresh (median over rounds) and per chart. The last
+    variant is the baseline: REV's figures, or these with automargin everywhere."""
     a, b = page_figures(steps), page_figures(steps + 500)
-    sets = {"bnviz": [a, b], "automargin everywhere": [[automargin_everywhere(f) for f in s] for s in (a, b)]}
+    sets = {"bnviz": [a, b]}
+    if against:
+        with ab.base_package(against) as base:
+            base_figures = importlib.import_module(f"{base.__name__}.figures")
+            sets[against] = [page_figures(steps, base_figures), page_figures(steps + 500, base_figures)]
+    else:
+        sets["automargin everywhere"] = [[automargin_everywhere(f) for f in s] for s in (a, b)]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -140,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=100_000, help="steps of the synthetic run (default 100000)")
     p.add_argument("--live", action="store_true", help="time the app itself while the lab trains instead")
     p.add_argument("--seconds", type=float, default=20, help="--live: seconds measured (default 20)")
+    p.add_argument("--against", metavar="REV", help="compare with commit REV's figures instead")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.steps < 1 or args.seconds <= 0:
         p.error("--rounds and --steps: whole numbers >= 1; --seconds: a number > 0")
@@ -148,8 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"live lab (quick-look), {r['seconds']:.1f} s of training: {r['refreshes']} refreshes reached the page; "
               f"browser main thread busy {r['busy']:.0%}, {r['task_ms']:.0f} ms per refresh")
         return 0
-    res = measure(args.rounds, args.steps)
-    base = res["automargin everywhere"]["refresh_ms"]
+    try:
+        res = measure(args.rounds, args.steps, args.against)
+    except subprocess.CalledProcessError as exc:
+        return ab.unreadable("bench.client", args.against, exc)
+    base = list(res.values())[-1]["refresh_ms"]
     print(f"Plotly.react of the {len(figures.FIGURES)} live charts, {args.steps:,}-step run, median of "
           f"{args.rounds} refreshes (headless Chromium, plotly.js {get_plotlyjs_version()}):")
     for name, r in res.items():

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.ab import ROOT, extract_bnviz
+from bench.ab import ROOT, extract_bnviz, unreadable
 
 _PROBE = """
 import sys, time
@@ -83,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 trees["base"] = extract_bnviz(args.against, Path(tmp) / "base").parent
             except subprocess.CalledProcessError as exc:
-                print(f"bench.startup: --against: git cannot read {args.against!r} "
-                      f"({exc.stderr.decode().strip()[:200]})", file=sys.stderr)
-                return 2
+                return unreadable("bench.startup", args.against, exc)
         got = measure(trees, args.rounds, Path(tmp))
     print(f"seconds, {args.rounds} rounds, fresh processes; new = working tree"
           + (f", base = {args.against}" if args.against else ""))

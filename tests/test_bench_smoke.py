@@ -94,6 +94,17 @@ def test_client_bench_times_both_ways_of_drawing_every_live_chart(capsys):
         assert out.count(f"{spec.key} ") == 2, spec.key
 
 
+@pytest.mark.browser
+def test_client_bench_against_a_commit_draws_that_commits_figures_beside_these(capsys):
+    from bench import client
+    assert client.main(["--rounds", "1", "--steps", "200", "--against", "HEAD"]) == 0
+    out = capsys.readouterr().out
+    assert "  HEAD " in out and "automargin" not in out
+    for spec in client.figures.FIGURES:
+        assert out.count(f"{spec.key} ") == 2, spec.key
+    assert not [m for m in sys.modules if m.startswith("bnviz_base")]  # unloaded again
+
+
 def test_the_probed_naive_baseline_records_every_layer_metric_of_the_engine():
     """bench.naive.InstrumentedLoop is the like-for-like baseline: per step, the train loss and
     every one of the engine's LAYER_METRICS for each hidden layer, and histograms every 10 steps."""
@@ -154,3 +165,11 @@ def test_csv_export_bench_times_both_writers_and_checks_they_agree(capsys):
     assert csv_export.main(["--steps", "3000", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
     assert "to_csv" in out and "row by row" in out and "same text: True" in out
+
+
+@pytest.mark.parametrize("tool", ["ab", "client", "startup"])
+def test_a_commit_git_cannot_read_gets_one_line_naming_the_option(tool, capsys):
+    import importlib
+    assert importlib.import_module(f"bench.{tool}").main(["--against", "no-such-rev"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"bench.{tool}: --against: git cannot read 'no-such-rev'"), err
