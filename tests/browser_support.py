@@ -411,6 +411,14 @@ def assert_labels_fit(page: Page) -> None:
          "every chart's labels to fit its margins: (crowded labels, grown margins)")
 
 
+def heatmap_images(page: Page) -> list[bool]:
+    """One entry per heatmap panel of the live charts: True where plotly.js drew it as one pixel
+    per cell that the browser scales up (it marks that image "image-rendering: pixelated"),
+    False where it painted every cell at full size, as it does unless x and y are evenly spaced."""
+    return page.evaluate(f"""() => ({_LIVE})('.js-plotly-plot').flatMap(d =>
+        Array.from(d.querySelectorAll('.hm image')).map(i => (i.getAttribute('style') || '').includes('pixelated')))""")
+
+
 def chart_trace(page: Page, key: str, index: int = 0) -> tuple[list[float], list[float]] | None:
     """(x, y) of one trace of the chart ``key`` (fresh if drawn), or None if not drawn."""
     return page.evaluate("(args) => {" + _CHARTS + """

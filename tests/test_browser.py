@@ -39,6 +39,7 @@ from tests.browser_support import (
     chart_annotations,
     chart_points,
     chart_trace,
+    heatmap_images,
     exceptions,
     open_app,
     open_url,
@@ -141,6 +142,8 @@ def test_pause_stops_growth_and_start_resumes(app_server, page):
     # Settled: every chart exactly once, no stale leftovers of earlier refreshes.
     poll(lambda: plotly_plot_count(page), lambda n: n == len(CHART_KEYS), 30, f"{len(CHART_KEYS)} live charts")
     assert_labels_fit(page)
+    images = heatmap_images(page)
+    assert images and all(images), f"heatmap panels drawn one pixel per cell: {images}"  # figures._every_kth
     screenshot(page, "03-paused")
     button(page, "Start").click()
     resumed = wait_progress(page, lambda p: p.step > paused.step and p.state == "training", "training to resume")

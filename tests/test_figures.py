@@ -53,7 +53,8 @@ def empty() -> RunSnapshot:
 
 def trace_has_data(trace) -> bool:
     if isinstance(trace, go.Heatmap):
-        return trace.z is not None and np.asarray(trace.z).size > 0 and len(trace.x) > 0 and len(trace.y) > 0
+        rows = len(trace.y) if trace.y is not None else (trace.dy is not None) * len(trace.z)  # y, or y0 and dy
+        return trace.z is not None and np.asarray(trace.z).size > 0 and len(trace.x) > 0 and rows > 0
     return trace.x is not None and trace.y is not None and len(trace.x) > 0 and len(trace.y) > 0
 
 
@@ -132,6 +133,55 @@ def test_long_runs_are_thinned_to_at_most_max_points_keeping_the_last():
     fig = percentile_bands(s)
     for t in fig.data:
         assert len(t.x) <= MAX_POINTS and t.x[-1] == 1500 and t.x[0] == 1
+
+
+
+def histogram_run(records: int, every: int = 10) -> RunSnapshot:
+    """One variant of three layers with ``records`` histograms, every ``every`` steps from step 0,
+    of normal values that spread out as the run goes on (decimated past HIST_CAPACITY)."""
+    log = RunLog(HIST_EDGES.numpy())
+    log.add_variant("plain", {}, LAYERS)
+    rng, edges = np.random.default_rng(0), HIST_EDGES.numpy().astype(np.float64)
+    steps = np.arange(records) * every
+    hists = np.stack([[np.histogram(rng.normal(0.2 * l, 1 + t / 50, 500), edges)[0] / 500 for l in range(3)]
+                      for t in range(records)])
+    log.append_hist("plain", steps, hists)
+    return log.snapshot()
+
+
+@pytest.mark.parametrize("records", [1, 5, 48, 49, 60, 95, 96, 300, 512, 700, 5000])
+def test_heatmap_cells_are_evenly_spaced_so_plotly_draws_one_pixel_each(records):
+    """plotly.js scales a heatmap up as an image only when its x and y are evenly spaced (within
+    1%); otherwise it paints every cell at full size and encodes a PNG at each redraw, 1.9x the
+    browser time per refresh (bench.client)."""
+    s = histogram_run(records)
+    stored = len(s.variants["plain"].hist_steps)
+    fig = figures.histogram_heatmap(s)
+    lo, hi = fig.layout.yaxis.range
+    for t in fig.data:
+        x = np.asarray(t.x)
+        assert x[-1] == s.variants["plain"].hist_steps[-1]  # the newest histogram, always
+        assert min(stored, figures.HEATMAP_COLUMNS // 2) <= len(x) <= figures.HEATMAP_COLUMNS
+        assert len(set(np.diff(x))) <= 1
+        assert t.y is None and t.y0 - t.dy / 2 == pytest.approx(lo) and t.dy * len(t.z) == pytest.approx(hi - lo)
+
+
+@pytest.mark.parametrize("records", [1, 60, 5000])
+def test_heatmap_rows_keep_the_mass_each_histogram_has_in_the_shown_range(records):
+    """Each column's rows hold what its histogram holds between the axis' ends, the bins' mass
+    spread evenly across each bin: read here off the histogram's CDF, interpolated."""
+    s = histogram_run(records)
+    v = s.variants["plain"]
+    fig = figures.histogram_heatmap(s)
+    lo, hi = fig.layout.yaxis.range
+    edges = v.hist_edges.astype(np.float64)
+    for t in fig.data:
+        layer = v.layers.index(t.hovertemplate.split()[1].split("<")[0])
+        z = np.asarray(t.z)
+        for col, step in enumerate(t.x):
+            cdf = np.concatenate([[0], np.cumsum(v.hists[list(v.hist_steps).index(step), layer])])
+            shown = np.interp(hi, edges, cdf) - np.interp(lo, edges, cdf)
+            assert z[:, col].sum() * t.dy == pytest.approx(shown, rel=1e-4, abs=1e-6)
 
 
 # --------------------------------------------------------------------------- events
