@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.proc import kib
+
 SYNTHETIC_VAR = "BNVIZ_BENCH_MNIST_SHA256"  # the synthetic files' digests, for the forkserver
 SHAPES = {"train": 60_000, "t10k": 10_000}
 
@@ -63,13 +65,7 @@ _trust_synthetic()
 
 
 def memory_mb(pid: int) -> dict[str, int]:
-    fields = {}
-    with open(f"/proc/{pid}/smaps_rollup") as fh:
-        for line in fh:
-            key, *rest = line.split()
-            if key in ("Rss:", "Pss:"):
-                fields[key[:-1]] = int(rest[0]) // 1024
-    return fields
+    return {k: kb // 1024 for k, kb in kib(pid, "smaps_rollup", "Rss", "Pss").items()}
 
 
 def first_step_s(trainer, timeout: float = 120.0) -> float:

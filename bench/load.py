@@ -68,6 +68,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from playwright.async_api import Page, async_playwright, expect
 
+from bench.proc import kib
 from bench.protocol_tab import ProtocolTab
 from bnviz import limits
 from tests.browser_support import (
@@ -187,15 +188,8 @@ def rss_bytes(pids: list[int]) -> int:
     forked workers share with each other count once; VmRSS where PSS is not available."""
     total = 0
     for pid in pids:
-        for path, key in ((f"/proc/{pid}/smaps_rollup", "Pss:"), (f"/proc/{pid}/status", "VmRSS:")):
-            try:
-                with open(path) as f:
-                    kb = next((int(line.split()[1]) for line in f if line.startswith(key)), None)
-            except OSError:
-                continue
-            if kb is not None:
-                total += kb * 1024
-                break
+        kb = kib(pid, "smaps_rollup", "Pss").get("Pss")
+        total += (kb if kb is not None else kib(pid, "status", "VmRSS").get("VmRSS", 0)) * 1024
     return total
 
 

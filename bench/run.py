@@ -40,6 +40,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 import torch
 
+from bench.proc import kib
+
 TARGETS = ("train", "fig1", "page", "memory", "gpu")
 
 # goals (docs/PERFORMANCE.md)
@@ -118,13 +120,7 @@ def _loadavg() -> str:
 
 def rss_bytes() -> int:
     """Resident set size of this process now (Linux; 0 elsewhere)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return kib("self", "status", "VmRSS").get("VmRSS", 0) * 1024
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ crashed.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -173,3 +174,13 @@ def test_a_commit_git_cannot_read_gets_one_line_naming_the_option(tool, capsys):
     assert importlib.import_module(f"bench.{tool}").main(["--against", "no-such-rev"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"bench.{tool}: --against: git cannot read 'no-such-rev'"), err
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="Linux's /proc")
+def test_proc_reads_a_processs_memory_in_kib_and_nothing_for_one_that_is_gone():
+    from bench.proc import kib
+    rss = kib("self", "status", "VmRSS")["VmRSS"]
+    rollup = kib(os.getpid(), "smaps_rollup", "Rss", "Pss", "NoSuchField")
+    assert set(rollup) == {"Rss", "Pss"} and 0 < rollup["Pss"] <= rollup["Rss"]
+    assert 0.5 < rollup["Rss"] / rss < 2  # the same process, read twice: kB, not pages or bytes
+    assert kib(2**22 + 1, "status", "VmRSS") == {}  # above Linux's largest pid

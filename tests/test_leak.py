@@ -18,10 +18,10 @@ some freed memory, so the bound is the issue's 10 % over that baseline, not equa
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
+from bench.proc import kib
 from tests.browser_support import (
     ARTIFACTS,
     VIEWPORT,
@@ -58,10 +58,9 @@ def app_server(tmp_path_factory):
 
 
 def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for process {pid}")
+    kb = kib(pid, "status", "VmRSS")
+    assert "VmRSS" in kb, f"no VmRSS for process {pid}"
+    return kb["VmRSS"] * 1024
 
 
 def open_train_close(chromium, server) -> None:
