@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import json
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
-
-import importlib
-import subprocess
 
 import plotly
 from playwright.sync_api import sync_playwright
