@@ -41,10 +41,9 @@ PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 WIDTH_PX = 870  # a chart's width in the app's wide layout at a 1400-pixel window
 
 
-def page_figures(steps: int, figs=figures) -> list[dict]:
-    """The FIGURES charts of a synthetic run as the page sends them (JSON, read back), built by
+def page_figures(snap, figs=figures) -> list[dict]:
+    """The FIGURES charts of a run's snapshot as the page sends them (JSON, read back), built by
     ``figs``: this tree's bnviz.figures, or another commit's."""
-    snap = synth.fill(steps).snapshot()
     return [json.loads(figs.for_page(spec.build, snap).to_json()) for spec in figs.FIGURES]
 
 
@@ -85,12 +84,13 @@ _DRAW = """async ([sets, rounds, width]) => {
 def measure(rounds: int = 10, steps: int = 100_000, against: str | None = None) -> dict:
     """Per variant: ms of Plotly.react per refresh (median over rounds) and per chart. The last
     variant is the baseline: REV's figures, or these with automargin everywhere."""
-    a, b = page_figures(steps), page_figures(steps + 500)
+    snaps = [synth.fill(n).snapshot() for n in (steps, steps + 500)]
+    a, b = (page_figures(snap) for snap in snaps)
     sets = {"bnviz": [a, b]}
     if against:
         with ab.base_package(against) as base:
             base_figures = importlib.import_module(f"{base.__name__}.figures")
-            sets[against] = [page_figures(steps, base_figures), page_figures(steps + 500, base_figures)]
+            sets[against] = [page_figures(snap, base_figures) for snap in snaps]
     else:
         sets["automargin everywhere"] = [[automargin_everywhere(f) for f in s] for s in (a, b)]
     with sync_playwright() as p:
