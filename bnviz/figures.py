@@ -63,7 +63,7 @@ def _thin(n: int, max_points: int | None = None) -> np.ndarray:
 def _every_kth(n: int, max_columns: int) -> np.ndarray:
     """Indices of at most max_columns rows at one fixed stride, ending at the last row (_thin's
     rounding would space them by k and k + 1)."""
-    k = max(1, -(-(n - 1) // max(max_columns - 1, 1)))
+    k = max(1, -(-(n - 1) // (max_columns - 1))) if max_columns > 1 else max(n, 1)  # 1 column: the last row
     return np.arange((n - 1) % k, n, k)
 
 

@@ -166,6 +166,13 @@ def test_heatmap_cells_are_evenly_spaced_so_plotly_draws_one_pixel_each(records)
         assert t.y is None and t.y0 - t.dy / 2 == pytest.approx(lo) and t.dy * len(t.z) == pytest.approx(hi - lo)
 
 
+def test_heatmap_columns_never_exceed_their_cap_and_end_at_the_newest():
+    for cap in (1, 2, 3, 48):
+        for n in (1, 2, 3, 49, 512):
+            i = figures._every_kth(n, cap)
+            assert 1 <= len(i) <= cap and i[-1] == n - 1 and len(set(np.diff(i))) <= 1, (cap, n, i)
+
+
 @pytest.mark.parametrize("records", [1, 60, 5000])
 def test_heatmap_rows_keep_the_mass_each_histogram_has_in_the_shown_range(records):
     """Each column's rows hold what its histogram holds between the axis' ends, the bins' mass
