@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from bench.run import _fig1, _trainer, interleave, torch_threads
+from bnviz.metrics import PERCENTILES
 
 
 def _preacts(steps: int = 60) -> torch.Tensor:
@@ -77,6 +78,27 @@ def measure(rounds: int = 15, calls: int = 100) -> dict[str, float]:
     return out
 
 
+def rank_drift(steps: int = 300) -> dict[str, float]:
+    """Ranks (of 6,000) that each of the six rows' three percentiles moves between consecutive steps."""
+    with torch_threads(1):
+        tr = _trainer(_fig1(), probes=True)
+        tr._begin()
+        try:
+            moves, last = [], None
+            for _ in range(steps):
+                tr._step_all()
+                rows = tr._stack.preacts.flatten(0, 1).flatten(1).numpy()
+                ranks = (np.array(PERCENTILES) / 100 * (rows.shape[1] - 1)).astype(int)  # numpy's 'linear' lo ranks
+                if last is not None:  # where last step's order statistics fall among this step's values
+                    below = (rows[:, None, :] < last[:, :, None]).sum(axis=2)
+                    moves.append(np.abs(below - ranks))
+                last = np.sort(rows, axis=1)[:, ranks]
+        finally:
+            tr._end("stopped")
+    moved = np.concatenate(moves, axis=None)
+    return {f"p{q}": float(np.percentile(moved, q)) for q in (50, 90, 99)} | {"max": float(moved.max())}
+
+
 PHASES = (("all", "trainer", "_step_all"), ("step + SGD", "stack", "step"), ("SGD + weight stats", "stack", "_update"),
           ("activation stats", "probes", "activation_stats"), ("histograms", "probes", "histograms"))
 
@@ -123,7 +145,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.probe_kernels", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--in-situ", action="store_true", help="also time each phase of the real step, probes on and off")
+    p.add_argument("--drift", action="store_true", help="only: how many ranks the percentiles move between steps")
     args = p.parse_args(argv)
+    if args.drift:
+        got = rank_drift()
+        print("ranks (of 6,000) a percentile moves from one step to the next, paper-fig1, steps 1-300:")
+        print("  " + "   ".join(f"{k} {v:.0f}" for k, v in got.items()))
+        return 0
     print("the probe kernels alone, on the paper-fig1 pre-activations (6 rows x 6,000 floats), 1 thread:")
     for name, value in measure(args.rounds).items():
         unit = "x" if "/" in name else "us"

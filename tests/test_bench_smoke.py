@@ -57,6 +57,15 @@ def test_probe_kernel_bench_times_both_ways_of_finding_the_percentiles(capsys):
     assert phases["off"]["all"] > 0 and phases["off"]["activation stats"] == 0  # probes off: never called
 
 
+def test_rank_drift_ranks_last_steps_percentiles_among_this_steps_values():
+    from bench import probe_kernels
+
+    got = probe_kernels.rank_drift(steps=3)
+    assert list(got) == ["p50", "p90", "p99", "max"]
+    assert 0 <= got["p50"] <= got["p90"] <= got["p99"] <= got["max"] < 6000
+    assert got["max"] > 0  # each step draws a new batch: the percentiles cannot keep their ranks
+
+
 @pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git").exists(), reason="needs the git checkout")
 def test_ab_bench_runs_a_commits_engine_beside_the_working_tree():
     import sys
