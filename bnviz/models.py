@@ -168,9 +168,10 @@ def weight_of(module: nn.Module) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------ stacked MLPs
 # Variants of one comparison that are MLPs of the same shape train as ONE stacked network:
-# weights of the same layer are stacked along a leading variant dim and every layer of every
-# variant is one batched matrix product (the first layer, which all variants feed the same
-# batch, is a single (N, D) x (D, V*C) product). Forward and backward are written out by hand
+# weights of the same layer are stacked along a leading variant dim. On the CPU each variant's
+# products are autograd's own calls on its slices; on a GPU every layer of every variant is one
+# batched matrix product (the first layer, which all variants feed the same batch, a single
+# (N, D) x (D, V*C) product). Forward and backward are written out by hand
 # with the same aten kernels autograd would call (batch norm, activation backward), so there
 # is no autograd graph, no per-module Python, no hooks. Each variant's nn.Module keeps working:
 # its parameters, gradients, BN buffers and SGD momentum buffers become views of the stacks, so
@@ -237,9 +238,9 @@ class StackedMLP:
     (||dL/dW||, ||W|| after the step, ||update|| / ||W|| before it). Nothing is copied to the
     host, so on a GPU nothing waits.
 
-    Each variant's numbers are bit for bit those of its own autograd pass with
-    torch.optim.SGD (tests/test_fast_path.py): every batched product equals the per-variant
-    one here, and the loss, its gradient, batch norm and the optimizer use the same kernels
+    On the CPU each variant's numbers are bit for bit those of its own autograd pass with
+    torch.optim.SGD (tests/test_fast_path.py): its products are autograd's own calls on the
+    same shapes, and the loss, its gradient, batch norm and the optimizer use the same kernels
     as autograd and SGD. So a variant does not train differently when its companions change.
     """
 
@@ -260,6 +261,13 @@ class StackedMLP:
         # in such a tail when alone and not inside the pair's block, and the variant would train
         # differently beside a companion. Per variant, each call sees what autograd's does.
         self.one_act = self.acts[0] if len(set(self.acts)) == 1 and self.device.type != "cpu" else None
+        # Matrix products per variant on the CPU too, each the very call autograd makes. A BLAS
+        # picks its kernel, and with it the order of the sums, by shape: on an Intel Xeon (MKL,
+        # AVX-512) the pair's first layer as one (60, 784) x (784, 200) product rounded otherwise
+        # than each variant's (60, 784) x (784, 100), and torch's bmm multiplies matrices of
+        # fewer than 400 multiply-adds in a loop of its own, not in the BLAS. Off the CPU the
+        # variants share one batched product per layer: fewer kernel launches, equal to rounding.
+        self.batched_products = self.device.type != "cpu"
         self.bn_before = [v for v, c in enumerate(cfgs) if c.norm == "batch" and c.placement == "before"]
         self.bn_after = [v for v, c in enumerate(cfgs) if c.norm == "batch" and c.placement == "after"]
         self.plain_runs = _runs([v for v in range(V) if v not in self.bn_before])  # preact = linear output
@@ -373,19 +381,31 @@ class StackedMLP:
         self._z = [P[l] if not self.bn_before else empty(V, n, C) for l in range(L)]  # linear outputs
         self._a = [empty(V, n, C) for _ in range(L)]  # activation outputs
         self._h = [self._a[l] if not self.bn_after else empty(V, n, C) for l in range(L)]  # next layer's input
-        self._z1 = empty(n, V * C)  # the first layer's product, (N, V*C)
-        self._z1_t = self._z1.view(n, V, C).transpose(0, 1)
-        self._dz1 = empty(n, V * C)  # its gradient, transposed back for the weight-gradient product
-        self._dz1_t = self._dz1.view(n, V, C).transpose(0, 1)
         self._logits, self._lsm = empty(V, n, K), empty(V, n, K)
         self._dlsm, self._dlogits = empty(V, n, K), empty(V, n, K)
         self._dh, self._dz, self._scratch = empty(V, n, C), empty(V, n, C), empty(V, n, C)
-        self._b1 = self.b[0].view(-1)
-        self._w1t = self.W[0].view(V * C, -1).t()
-        self._gw1 = self.GW[0].view(V * C, -1)
-        self._bias = [b.unsqueeze(1) for b in self.b]
-        self._wt = [w.transpose(1, 2) for w in self.W]
-        self._bo, self._wot = self.bo.unsqueeze(1), self.Wo.transpose(1, 2)
+        if self.batched_products:
+            self._z1 = empty(n, V * C)  # the first layer's product for all variants, (N, V*C)
+            self._z1_t = self._z1.view(n, V, C).transpose(0, 1)
+            self._dz1 = empty(n, V * C)  # its gradient, transposed back for the weight-gradient product
+            self._dz1_t = self._dz1.view(n, V, C).transpose(0, 1)
+            self._b1 = self.b[0].view(-1)
+            self._w1t = self.W[0].view(V * C, -1).t()
+            self._gw1 = self.GW[0].view(V * C, -1)
+            self._bias = [b.unsqueeze(1) for b in self.b]
+            self._wt = [w.transpose(1, 2) for w in self.W]
+            self._bo, self._wot = self.bo.unsqueeze(1), self.Wo.transpose(1, 2)
+        else:
+            # per layer (the output layer last), per variant: autograd's products for
+            # F.linear(input, W, b): forward addmm(b, input, W.t()), weight gradient
+            # dz.t().mm(input), input gradient dz.mm(W). The inputs are self._h, and the batch
+            # itself for the first layer (step() passes it).
+            outs, grads = self._z + [self._logits], [self._dz] * L + [self._dlogits]
+            Ws, Gs, bs = self.W + [self.Wo], self.GW + [self.GWo], self.b + [self.bo]
+            self._fwd_mm = [[(bs[l][v], Ws[l][v].t(), outs[l][v]) for v in range(V)] for l in range(L + 1)]
+            self._gw_mm = [[(grads[l][v].t(), Gs[l][v]) for v in range(V)] for l in range(L + 1)]
+            self._dh_mm = [[(grads[l][v], Ws[l][v], self._dh[v]) for v in range(V)] for l in range(1, L + 1)]
+            self._h_v = [[h[v] for v in range(V)] for h in self._h]
         self._gb_runs = [[(self._dz[a:b], self.Gb[l][a:b]) for a, b in self.bias_runs] for l in range(L)]
         self._plain_copies = [[(P[l, a:b], self._z[l][a:b]) for a, b in self.plain_runs] for l in range(L)]
         after = set(self.bn_after)
@@ -437,15 +457,9 @@ class StackedMLP:
         x = x.reshape(N, -1)
         if self.preacts is None or self._n != N:
             self._prepare(N)
-        H = [x] + self._h  # H[l]: input of layer l
         # forward ------------------------------------------------------------------------
         for l in range(L):
-            z = self._z[l]
-            if l == 0:  # every variant sees the same x: one (N, D) x (D, V*C) product
-                torch.addmm(self._b1, x, self._w1t, out=self._z1)
-                z.copy_(self._z1_t)
-            else:
-                torch.baddbmm(self._bias[l], H[l], self._wt[l], out=z)
+            self._linear(l, x)
             if self.bn_before:
                 for dst, src in self._plain_copies[l]:
                     dst.copy_(src)
@@ -456,7 +470,7 @@ class StackedMLP:
                 for dst, src in self._unnormed_copies[l]:
                     dst.copy_(src)
                 self._bn_forward(self._bn_after_ops[l])
-        torch.baddbmm(self._bo, H[L], self._wot, out=self._logits)  # (V, N, K)
+        self._linear(L, x)  # the logits, (V, N, K)
         lsm = torch.ops.aten._log_softmax.out(self._logits, 2, False, out=self._lsm)
         # the loss and its gradient exactly as F.cross_entropy and autograd compute them
         nll = torch.ops.aten.nll_loss_forward
@@ -464,9 +478,8 @@ class StackedMLP:
         self._dlsm.zero_().scatter_(2, y.view(1, N, 1).expand(V, N, 1), self._dlogit_target)
         d = torch.ops.aten._log_softmax_backward_data.out(self._dlsm, lsm, 2, self.dtype, out=self._dlogits)
         # backward -----------------------------------------------------------------------
-        torch.bmm(d.transpose(1, 2), H[L], out=self.GWo)
+        self._linear_backward(L, x)
         torch.sum(d, dim=1, out=self.Gbo)
-        dh, dz = torch.bmm(d, self.Wo, out=self._dh), self._dz  # (V, N, C)
         for l in range(L - 1, -1, -1):
             if self.bn_after:
                 self._bn_backward(self._bn_after_ops[l], self._dh_v, self._scratch_v)
@@ -476,15 +489,44 @@ class StackedMLP:
                 self._bn_backward(self._bn_before_ops[l], self._dz_v, self._scratch_v)
             for src, gbias in self._gb_runs[l]:  # variants without this bias keep a zero gradient
                 torch.sum(src, dim=1, out=gbias)
-            if l > 0:
-                torch.bmm(dz.transpose(1, 2), H[l], out=self.GW[l])
-                torch.bmm(dz, self.W[l], out=dh)
-            else:
-                self._dz1_t.copy_(dz)
-                torch.mm(self._dz1.t(), x, out=self._gw1)
+            self._linear_backward(l, x)
         if self.any_bn:
             self.nbt.add_(self.nbt_step)
         return loss, self._update(stats)
+
+    def _linear(self, l: int, x: torch.Tensor) -> None:
+        """Layer l's product (l == L: the output layer's) for every variant, into its buffer."""
+        L = self.L
+        if not self.batched_products:
+            inputs = [x] * self.V if l == 0 else self._h_v[l - 1]
+            for (b, wt, out), inp in zip(self._fwd_mm[l], inputs):
+                torch.addmm(b, inp, wt, out=out)
+        elif l == 0:  # every variant sees the same x: one (N, D) x (D, V*C) product
+            torch.addmm(self._b1, x, self._w1t, out=self._z1)
+            self._z[0].copy_(self._z1_t)
+        elif l < L:
+            torch.baddbmm(self._bias[l], self._h[l - 1], self._wt[l], out=self._z[l])
+        else:
+            torch.baddbmm(self._bo, self._h[L - 1], self._wot, out=self._logits)
+
+    def _linear_backward(self, l: int, x: torch.Tensor) -> None:
+        """Layer l's weight gradient from the gradient of its output (self._dlogits for the
+        output layer, else self._dz) and, but for the first layer, its input's into self._dh."""
+        if not self.batched_products:
+            inputs = [x] * self.V if l == 0 else self._h_v[l - 1]
+            for (grad_t, into), inp in zip(self._gw_mm[l], inputs):
+                torch.mm(grad_t, inp, out=into)
+            for grad, w, into in self._dh_mm[l - 1] if l > 0 else ():
+                torch.mm(grad, w, out=into)
+            return
+        grad = self._dlogits if l == self.L else self._dz
+        if l == 0:
+            self._dz1_t.copy_(grad)
+            torch.mm(self._dz1.t(), x, out=self._gw1)
+            return
+        w, into = (self.Wo, self.GWo) if l == self.L else (self.W[l], self.GW[l])
+        torch.bmm(grad.transpose(1, 2), self._h[l - 1], out=into)
+        torch.bmm(grad, w, out=self._dh)
 
     def _update(self, stats: bool) -> torch.Tensor | None:
         """torch.optim.SGD's step for every variant; returns (L, V, 3) weight statistics if asked."""

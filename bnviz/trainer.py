@@ -7,7 +7,7 @@ and into the RunLog. That is also where divergence is detected: the first non-fi
 train loss marks the variant diverged at that step and it stops; the others go on.
 
 When every variant is an MLP of one shape (``models.stack_key``: the paper's comparisons),
-the variants are stepped together as one ``models.StackedMLP``: batched products, backward
+the variants are stepped together as one ``models.StackedMLP``: stacked weights, backward
 written out by hand, probes reduced for all layers and variants at once. It records bit for
 bit what one autograd pass and one SGD step per variant record (``batched=False``, the path
 every other comparison takes; only update_ratio is computed from the optimizer's step, equal
