@@ -26,6 +26,9 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 # BNVIZ_WORKER_MODE=process: each training worker a process of its own: measured 2.1x faster
 #   training per session with 10 sessions on 2 cores, for ~150 MB per worker (docs/DEPLOYMENT.md,
 #   "The server alone"). `streamlit run app.py` outside the image keeps threads.
+# MALLOC_ARENA_MAX=2: glibc's default of 8 malloc arenas per core let the server's memory creep
+#   ~0.5 MB with each tab opened and closed (bnviz/malloc_arenas.py); app.py sets the same cap
+#   at its first page run, this sets it from the start and for the workers.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -34,6 +37,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     BNVIZ_DATA_DIR=/data \
     OMP_NUM_THREADS=1 \
     MKL_NUM_THREADS=1 \
+    MALLOC_ARENA_MAX=2 \
     BNVIZ_MAX_WORKERS=4 \
     BNVIZ_MAX_STEPS=200000 \
     BNVIZ_MAX_DEPTH=20 \

@@ -333,6 +333,12 @@ def test_server_limits_and_thread_env_defaults():
         assert env.get(var) == str(default), f"ENV {var} should be {default}, got {env.get(var)!r}"
 
 
+def test_image_caps_malloc_arenas_as_the_app_does():
+    from bnviz import malloc_arenas
+
+    assert _env().get(malloc_arenas.ENV) == str(malloc_arenas.ARENAS)
+
+
 def test_limit_defaults_match_bnviz_limits():
     try:
         from bnviz import limits
