@@ -6,7 +6,10 @@ them with x86-simd-sort, choosing its AVX-512 code on any CPU that has AVX-512. 
 which Zen 4 runs in microcode (AMD's optimization guide for Zen 4, 2.11.2: "avoid the memory
 destination form of COMPRESS instructions"; numpy/x86-simd-sort#6). Measured on such a
 machine, six rows of 6,000 floats: sort 439 us with the AVX-512 code, 114 us with AVX2;
-partition 227 us and 32 us (docs/PERFORMANCE.md). Zen 5 and Intel's CPUs are not affected.
+partition 227 us and 32 us (docs/PERFORMANCE.md). Zen 5 and Intel's CPUs are not affected:
+on an Intel Xeon (family 6 model 207) the AVX-512 sort of those rows took 95-100 us against
+124 us with AVX2, its partition ~10% more, and the probes' statistics were within 5% either
+way (bench/results/intel-sort-ab.txt), so bnviz leaves numpy's choice alone there.
 
 numpy picks its code when it is imported, from ``NPY_DISABLE_CPU_FEATURES``. So bnviz's
 entry points call ``prefer_avx2_sort()`` before numpy is imported (the CLI, the bench, and
