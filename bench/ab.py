@@ -3,10 +3,10 @@
 On a shared machine the same step can take 1.7x longer from one minute to the next, so two
 runs of ``python -m bench`` cannot tell a 5% change. This loads the engine of commit REV
 (default HEAD, i.e. the working tree against the last commit) beside the working tree's in
-ONE process, as the package ``bnviz_base``, and times the paper-fig1 lockstep of both
-engines, probes on and off, interleaved round by round on one thread. It prints each
-median (process CPU time and wall) and the median of the per-round ratios: a burst of
-load slows every engine of a round alike.
+ONE process, as the package ``bnviz_base``, and times the paper-fig1 lockstep (``--preset``:
+another comparison's) of both engines, probes on and off, interleaved round by round on one
+thread. It prints each median (process CPU time and wall) and the median of the per-round
+ratios: a burst of load slows every engine of a round alike.
 """
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ def base_package(rev: str):
                 del sys.modules[name]
 
 
-def _trainer(pkg, probes: bool):
-    cmp = pkg.presets.get("paper-fig1").comparison().with_all(dataset="mnist-mini")
+def _trainer(pkg, probes: bool, preset: str = "paper-fig1"):
+    cmp = pkg.presets.get(preset).comparison().with_all(dataset="mnist-mini")
     tr = pkg.trainer.Trainer(cmp, probes=probes)
     tr._begin()
     for _ in range(30):  # warm: buffers, caches
@@ -82,12 +82,12 @@ def _trainer(pkg, probes: bool):
     return tr
 
 
-def measure(rev: str = "HEAD", rounds: int = 15, steps: int = 50) -> dict:
+def measure(rev: str = "HEAD", rounds: int = 15, steps: int = 50, preset: str = "paper-fig1") -> dict:
     import bnviz.presets
     import bnviz.trainer
 
     with base_package(rev) as base, torch_threads(1):
-        trainers = {f"{name} {'on' if probes else 'off'}": _trainer(pkg, probes)
+        trainers = {f"{name} {'on' if probes else 'off'}": _trainer(pkg, probes, preset)
                     for name, pkg in (("base", base), ("new", bnviz)) for probes in (True, False)}
         wall, cpu = interleave({k: tr._step_all for k, tr in trainers.items()}, chunk=steps, rounds=rounds,
                                warmup=0)
@@ -110,12 +110,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--against", default="HEAD", metavar="REV", help="the commit to compare with (default HEAD)")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--steps", type=int, default=50, help="locksteps per engine per round")
+    p.add_argument("--preset", default="paper-fig1", help="the comparison to train, on mnist-mini "
+                   "(default paper-fig1; placement: three variants)")
     args = p.parse_args(argv)
+    from bnviz.presets import PRESETS
+
+    if args.preset not in PRESETS:
+        print(f"bench.ab: --preset: expected one of {', '.join(PRESETS)}, got {args.preset!r}", file=sys.stderr)
+        return 2
     try:
-        got = measure(args.against, args.rounds, args.steps)
+        got = measure(args.against, args.rounds, args.steps, args.preset)
     except subprocess.CalledProcessError as exc:
         return unreadable("bench.ab", args.against, exc)
-    print(f"paper-fig1 lockstep of both variants, 1 thread, {args.rounds} rounds x {args.steps} steps, "
+    print(f"{args.preset} lockstep of all its variants, 1 thread, {args.rounds} rounds x {args.steps} steps, "
           f"base = {args.against}, new = working tree")
     for k in got["cpu_us"]:
         print(f"  {k:9s} cpu {got['cpu_us'][k]:8.1f} us   wall {got['wall_us'][k]:8.1f} us")

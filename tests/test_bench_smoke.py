@@ -76,15 +76,17 @@ def test_ab_bench_runs_a_commits_engine_beside_the_working_tree():
     seen = {}
     real = ab._trainer
 
-    def spy(pkg, probes):
-        seen[(pkg.__name__, probes)] = type(tr := real(pkg, probes))
+    def spy(pkg, probes, preset):
+        seen[(pkg.__name__, probes)] = type(tr := real(pkg, probes, preset))
+        seen["stacked", pkg.__name__] = (len(tr.variants), tr.batched)
         return tr
 
     ab._trainer = spy
     try:
-        got = ab.measure("HEAD", rounds=1, steps=1)
+        got = ab.measure("HEAD", rounds=1, steps=1, preset="placement")
     finally:
         ab._trainer = real
+    assert seen["stacked", "bnviz"] == seen["stacked", "bnviz_base"] == (3, True)  # the preset's three, stacked
     assert seen[("bnviz", True)] is Trainer
     assert seen[("bnviz_base", True)] is not Trainer  # the commit's own engine, not the working tree's
     assert seen[("bnviz_base", True)].__module__ == "bnviz_base.trainer"
