@@ -106,18 +106,15 @@ def measure(rev: str = "HEAD", rounds: int = 15, steps: int = 50, preset: str = 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bnviz.presets import PRESETS
+
     p = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n\n")[0])
     p.add_argument("--against", default="HEAD", metavar="REV", help="the commit to compare with (default HEAD)")
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--steps", type=int, default=50, help="locksteps per engine per round")
-    p.add_argument("--preset", default="paper-fig1", help="the comparison to train, on mnist-mini "
-                   "(default paper-fig1; placement: three variants)")
+    p.add_argument("--preset", default="paper-fig1", choices=list(PRESETS), metavar="NAME",
+                   help="the comparison to train, on mnist-mini (default paper-fig1; placement: three variants)")
     args = p.parse_args(argv)
-    from bnviz.presets import PRESETS
-
-    if args.preset not in PRESETS:
-        print(f"bench.ab: --preset: expected one of {', '.join(PRESETS)}, got {args.preset!r}", file=sys.stderr)
-        return 2
     try:
         got = measure(args.against, args.rounds, args.steps, args.preset)
     except subprocess.CalledProcessError as exc:
