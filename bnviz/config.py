@@ -14,6 +14,7 @@ variants is the fields in which their configs differ.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -272,7 +273,12 @@ class Comparison:
         extra = set(data) - {"variants"}
         if extra:
             raise ConfigError(f"config: unknown top-level key {sorted(extra)[0]!r}; expected only 'variants'")
-        return cls({n: RunConfig.from_dict(v) for n, v in data["variants"].items()})
+        variants = data["variants"]
+        built = {}
+        for n, v in variants.items():
+            with _naming_variant(n if len(variants) > 1 else None):
+                built[n] = RunConfig.from_dict(v)
+        return cls(built)
 
     # flat key=value form (CLI --set, shareable URL) -------------------------------------
     def to_flat(self, base: "Comparison | None" = None) -> list[tuple[str, str]]:
@@ -334,9 +340,33 @@ class Comparison:
             targets = [name] if name else list(variants)
             if name and name not in variants:
                 raise ConfigError(f"{key}: no variant named {name!r}; variants: {', '.join(variants)}")
+            with _naming_variant(name or None):
+                parsed = parse_value(field, value)
             for target in targets:
-                changes[target][field] = parse_value(field, value)
-        return cls({n: c.replace(**changes[n]) for n, c in variants.items()})
+                changes[target][field] = parsed
+        built, refused = {}, {}
+        for n, c in variants.items():
+            try:
+                built[n] = c.replace(**changes[n])
+            except ConfigError as exc:
+                refused[n] = str(exc)
+        if refused:  # named by variant unless every variant refused the same shared change
+            name, msg = next(iter(refused.items()))
+            same_for_all = len(refused) == len(variants) and len(set(refused.values())) == 1
+            raise ConfigError(msg if same_for_all else f"{name}.{msg}")
+        return cls(built)
+
+
+@contextlib.contextmanager
+def _naming_variant(name: str | None):
+    """A ConfigError raised inside names the variant as --set and links spell it
+    ('bn.lr: expected a number'): in a comparison, 'lr: ...' would not say whose."""
+    try:
+        yield
+    except ConfigError as exc:
+        if name is None:
+            raise
+        raise ConfigError(f"{name}.{exc}") from None
 
 
 def _split_pair(pair: str | tuple[str, str]) -> tuple[str, str]:

@@ -110,7 +110,9 @@ def bad_inputs(tmp_path: Path, bad_json: Path) -> dict[str, tuple[list[str], tup
         "config is a directory": (["run", "--config", str(tmp_path), "--out", out], ("--config",)),
         "malformed JSON": (["run", "--config", str(bad_json), "--out", out], ("JSON",)),
         "batch 1 with BN": (["run", "--preset", "paper-fig1", "--set", "batch_size=1", "--out", out],
-                            ("batch_size", "norm=batch", "1")),
+                            ("bn.batch_size", "norm=batch", "1")),
+        "one variant's bad value": (["run", "--preset", "paper-fig1", "--set", "bn.lr=fast", "--out", out],
+                                    ("bnviz: bn.lr: expected a number", "'fast'")),
         "no source": (["run", "--out", out], ("--preset", "--config")),
         "preset and config": (["run", "--preset", "quick-look", "--config", str(bad_json), "--out", out], ()),
         "no command": ([], ()),
@@ -121,7 +123,8 @@ def bad_inputs(tmp_path: Path, bad_json: Path) -> dict[str, tuple[list[str], tup
 
 
 CASES = ["unknown preset", "unknown key", "bad value", "not a number", "unknown variant", "no key=value",
-         "unreadable config", "config is a directory", "malformed JSON", "batch 1 with BN", "no source",
+         "unreadable config", "config is a directory", "malformed JSON", "batch 1 with BN", "one variant's bad value",
+         "no source",
          "preset and config", "no command", "bad --steps", "no --jobs", "--jobs not a number"]
 
 

@@ -151,7 +151,23 @@ def test_norms_without_batch_statistics_accept_batch_size_one(norm):
 
 def test_batch_size_one_refused_for_bn_variant_of_a_comparison():
     msg = config_error(Comparison.from_flat, ["variants=plain,bn", "bn.norm=batch", "batch_size=1"])
-    assert msg.startswith("batch_size:") and "norm=batch" in msg
+    assert msg.startswith("bn.batch_size:") and "norm=batch" in msg
+
+
+def test_an_error_in_one_variant_names_it_as_set_spells_it():
+    pairs = ["variants=plain,bn", "bn.norm=batch"]
+    assert config_error(Comparison.from_flat, pairs + ["bn.lr=fast"]) == "bn.lr: expected a number, got 'fast'"
+    assert config_error(Comparison.from_flat, pairs + ["bn.speed=3"]).startswith("bn.speed: unknown field")
+    assert config_error(Comparison.from_flat, pairs + ["bn.depth=0"]) == "bn.depth: must be >= 1, got 0"
+    text = json.dumps({"variants": {"plain": {}, "bn": {"norm": "batch", "lr": "fast"}}})
+    assert config_error(Comparison.from_json, text) == "bn.lr: expected a number, got 'fast'"
+
+
+def test_a_shared_change_every_variant_refuses_names_no_variant():
+    pairs = ["variants=plain,bn", "bn.norm=batch"]
+    assert config_error(Comparison.from_flat, pairs + ["depth=0"]) == "depth: must be >= 1, got 0"
+    assert config_error(Comparison.from_flat, pairs + ["lr=fast"]) == "lr: expected a number, got 'fast'"
+    assert config_error(Comparison.from_flat, ["lr=fast"]) == "lr: expected a number, got 'fast'"  # one variant
 
 
 def test_cross_field_checks_see_final_values_whatever_the_pair_order():
