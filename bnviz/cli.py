@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
                           "10,000 steps or more)")
     run.add_argument("--no-sweep", action="store_true", help="on a sweep preset: run the base comparison once")
     run.add_argument("--threshold", type=float,
-                     help="sweeps: test accuracy a value must reach to count as stable "
+                     help="sweeps only: test accuracy a value must reach to count as stable "
                           "(default: 90%% of the best accuracy in the sweep)")
     return p
 
@@ -211,6 +211,10 @@ def _run(args) -> int:
     sweep = _sweep_of(args)
     if sweep is not None:
         return _run_sweep(args, comparison, sweep, jobs)
+    if args.threshold is not None:  # it would change nothing: say so rather than ignore it
+        sweeps = ", ".join(n for n, p in presets.PRESETS.items() if p.sweep)
+        raise ConfigError(f"--threshold: only for a sweep (presets {sweeps}, without --no-sweep or a --set of "
+                          "the swept field); this run trains one comparison")
     out = _out_dir(args)
     parallel.start_early(len(comparison.variants), comparison.steps, comparison, jobs)  # before torch loads
     from bnviz.report import to_html

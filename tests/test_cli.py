@@ -113,6 +113,8 @@ def bad_inputs(tmp_path: Path, bad_json: Path) -> dict[str, tuple[list[str], tup
                             ("bn.batch_size", "norm=batch", "1")),
         "one variant's bad value": (["run", "--preset", "paper-fig1", "--set", "bn.lr=fast", "--out", out],
                                     ("bnviz: bn.lr: expected a number", "'fast'")),
+        "--threshold without a sweep": (["run", "--preset", "high-lr", "--no-sweep", "--threshold", "0.5", "--out", out],
+                                        ("--threshold", "only for a sweep", "high-lr")),
         "no source": (["run", "--out", out], ("--preset", "--config")),
         "preset and config": (["run", "--preset", "quick-look", "--config", str(bad_json), "--out", out], ()),
         "no command": ([], ()),
@@ -124,7 +126,7 @@ def bad_inputs(tmp_path: Path, bad_json: Path) -> dict[str, tuple[list[str], tup
 
 CASES = ["unknown preset", "unknown key", "bad value", "not a number", "unknown variant", "no key=value",
          "unreadable config", "config is a directory", "malformed JSON", "batch 1 with BN", "one variant's bad value",
-         "no source",
+         "--threshold without a sweep", "no source",
          "preset and config", "no command", "bad --steps", "no --jobs", "--jobs not a number"]
 
 
