@@ -254,7 +254,10 @@ def _log_ticks(layout: dict, data: list[dict]) -> None:
     tall, a span of 0.7-2 decades gets every digit ("D1": "1 9 8 7 6 5" stacked into each other):
     1, 2 and 5 of each decade ("D2") instead. Below 0.7 decades it ticks at linear steps about
     20 px apart, labels 14 px tall, closer still at the top ("0.9" on "0.8"): a third as many
-    (nticks 3 for plotly's 5). Above 2 decades plotly's own choice reads well."""
+    (nticks 3 for plotly's 5). Plotly writes the 2 and 5 of a decade as small digits beside it
+    ("2 0.01 5 2 0.001"), which a student reads as 2 and 5: under 2 decades they are written in
+    full ("0.02 0.01 0.005"), from 2 to 4 only the decades are labelled (dtick 1: "0.1 0.01
+    0.001"). From 4 decades on plotly labels decades only, or every other one on a short panel."""
     values: dict[str, list] = {}
     for t in data:
         y = t.get("y")
@@ -270,7 +273,9 @@ def _log_ticks(layout: dict, data: list[dict]) -> None:
         if span < 0.7:
             axis["nticks"] = 3
         elif span < 2:
-            axis["dtick"] = "D2"
+            axis["dtick"], axis["minorloglabels"] = "D2", "complete"  # "0.5", not a small "5" beside 1
+        elif span < 4:
+            axis["dtick"] = 1
 
 
 def _whole_steps(layout: dict, data: list[dict], step_keys: set[str]) -> None:

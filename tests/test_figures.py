@@ -467,16 +467,20 @@ def _log_panels(*ys) -> dict:
 
 
 def test_short_log_axes_get_ticks_whose_labels_do_not_overlap():
-    """Plotly's own choice stacks every digit ("1 9 8 7 6 5") on a 1-2 decade panel and linear
-    steps 0.1 apart on a shorter span; more than 2 decades it is left alone."""
+    """Plotly's own choice stacks every digit ("1 9 8 7 6 5") on a 1-2 decade panel, linear
+    steps 0.1 apart on a shorter span, and 2 and 5 of each decade in small type up to 4 decades;
+    beyond that it is left alone."""
     layout = _log_panels([0.3, 0.5, 0.9],              # 0.48 decades: fewer linear steps
                          [0.3, np.nan, 0.0, 4.0],      # 1.12 (NaN and 0 are not drawn on a log axis)
-                         [1e-3, 2.0],                  # 3.3: plotly's own
+                         [1e-3, 2.0],                  # 3.3: the decades alone
+                         [1e-6, 1.0],                  # 6: plotly's own (decades, or every other)
                          [5.0])                        # one point
     assert (layout["yaxis"].get("nticks"), layout["yaxis"].get("dtick")) == (3, None)
     assert (layout["yaxis2"].get("nticks"), layout["yaxis2"].get("dtick")) == (None, "D2")
-    assert "nticks" not in layout["yaxis3"] and "dtick" not in layout["yaxis3"]
-    assert layout["yaxis4"]["nticks"] == 3
+    assert layout["yaxis2"]["minorloglabels"] == "complete"  # "0.5" and "0.2", not a small "5" and "2"
+    assert (layout["yaxis3"].get("nticks"), layout["yaxis3"].get("dtick")) == (None, 1)
+    assert "nticks" not in layout["yaxis4"] and "dtick" not in layout["yaxis4"]
+    assert layout["yaxis5"]["nticks"] == 3
 
 
 def test_log_ticks_leave_linear_axes_and_chosen_ticks_alone():
