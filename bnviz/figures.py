@@ -1,4 +1,5 @@
-"""Every Plotly figure bnviz draws, each a pure function of a RunSnapshot.
+"""Every Plotly figure bnviz draws, each a pure function of its data: a RunSnapshot (a sweep's
+rows, the BN explainer's mini-batch).
 
 No figure reads state of its own: the app, the HTML report and the tests call the same
 functions on a snapshot. ``FIGURES`` lists the live-lab charts in page order with their
@@ -860,3 +861,29 @@ def depth_growth(snap: RunSnapshot) -> go.Figure:
                     showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
     return cv.figure("Bjorck et al. 2018, at initialization: activations by depth, output gradients by image", 760,
                      hovermode="closest")
+
+
+# BN step by step: one mini-batch through the transform -----------------------------------
+BN_STAGES = ("x", "x̂ = (x − μ) / √(σ² + ε)", "y = γ x̂ + β")
+
+
+def bn_transform(x: np.ndarray, x_hat: np.ndarray, y: np.ndarray, features: Sequence[str]) -> go.Figure:
+    """Each row of a mini-batch (m, features) through BN's training-mode forward: a line per
+    row from its value x to its normalized x̂ to its output y, one panel per feature.
+
+    Each panel keeps one axis for the three stages, so the figure shows what the tables do
+    not: normalizing moves every feature to 0 with spread 1 whatever its scale, keeping each
+    row's place among the others, and γ and β then stretch and move it."""
+    x, x_hat, y = (np.asarray(a, dtype=np.float64) for a in (x, x_hat, y))
+    cv = _Canvas(rows=1, cols=len(features), subplot_titles=tuple(features), horizontal_spacing=0.06)
+    legend = len(x) <= len(PALETTE)  # past that, colours repeat and the legend would only list them
+    for c in range(len(features)):
+        for i in range(len(x)):
+            values = np.array([x[i, c], x_hat[i, c], y[i, c]])
+            cv.add({"type": "scatter", "x": BN_STAGES, "y": values, "mode": "lines+markers",
+                    "name": f"row {i}", "legendgroup": f"row {i}", "showlegend": legend and c == 0,
+                    "line": {"color": PALETTE[i % len(PALETTE)], "width": 1.5}, "marker": {"size": 7},
+                    "hovertemplate": f"row {i}, {features[c]}<br>%{{x}}: %{{y:.4g}}<extra></extra>"}, 1, c + 1)
+        cv.update_axes("x", col=c + 1, type="category", tickvals=list(BN_STAGES), ticktext=["x", "x̂", "y"])
+    cv.update_axes("y", col=1, title_text="value")
+    return cv.figure("One mini-batch through BN, feature by feature", 380, hovermode="closest")

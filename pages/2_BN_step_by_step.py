@@ -7,6 +7,7 @@ import streamlit as st
 import torch
 
 from bnviz import explain
+from bnviz.figures import bn_transform
 from ui.navigation import through_app
 
 through_app()  # first: a direct visit runs this file without app.py (ui/navigation.py)
@@ -54,6 +55,11 @@ with c2:
     st.dataframe(table(f.y), width="stretch")
     st.markdown("Check: the columns of y have mean β and standard deviation ≈ γ.")
     st.dataframe(table([f.y.mean(axis=0), f.y.std(axis=0)], index=["mean of y", "std of y"]), width="stretch")
+st.plotly_chart(bn_transform(x, f.x_hat, f.y, FEATURES), key="step.transform_chart", width="stretch",
+                config={"displaylogo": False})
+st.caption(f"Each line is one row of the batch. Normalizing brings every feature to mean 0 and spread 1 "
+           f"whatever its scale (the batch's means: {', '.join(f'{m:.3g}' for m in f.mean)}), and keeps each "
+           "row's place among the others; γ and β in the sidebar then stretch and move the output.")
 
 st.header("3. Train mode vs eval mode")
 st.markdown("In training BN uses the current batch's statistics. For inference it uses *population* "

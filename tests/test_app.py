@@ -8,8 +8,11 @@ failure shows the real message.
 
 from __future__ import annotations
 
+import base64
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import streamlit
 from streamlit.testing.v1 import AppTest
@@ -225,3 +228,24 @@ def test_a_sweep_page_link_sets_the_steps_per_run_and_the_address_follows(page, 
     assert not link_warnings(at) and not at.exception
     assert dict(at.query_params) == {"steps": "1000"}
     assert run_app(page, steps="12").query_params["steps"] == "300"  # with a warning, at the default
+
+
+def _chart_ys(at: AppTest) -> list[np.ndarray]:
+    """Each trace's y of the page's one chart, as plotly.js receives it (typed arrays)."""
+    (chart,) = at.get("plotly_chart")
+    return [np.frombuffer(base64.b64decode(t["y"]["bdata"]), dtype=t["y"]["dtype"]) if "bdata" in t["y"]
+            else np.asarray(t["y"], dtype=np.float64) for t in json.loads(chart.proto.spec)["data"]]
+
+
+def test_bn_step_by_step_draws_each_row_through_bn_and_follows_gamma_and_beta():
+    at = run_app("pages/2_BN_step_by_step.py")
+    rows = 5  # the page's default mini-batch
+    first = _chart_ys(at)
+    assert len(first) == 3 * rows
+    x1 = np.array([1.0, 2.0, 3.0, 4.0, 6.0])  # feature 1 of the default batch
+    x_hat = (x1 - x1.mean()) / np.sqrt(x1.var() + 1e-5)
+    np.testing.assert_allclose([t[1] for t in first[:rows]], x_hat, rtol=1e-12)
+    np.testing.assert_allclose([t[2] for t in first[:rows]], x_hat, rtol=1e-12)  # γ = 1, β = 0
+    at.sidebar.slider(key="step.gamma0").set_value(2.0)
+    at.sidebar.slider(key="step.beta0").set_value(-1.0).run()
+    np.testing.assert_allclose([t[2] for t in _chart_ys(at)[:rows]], 2.0 * x_hat - 1.0, rtol=1e-12)
