@@ -864,26 +864,41 @@ def depth_growth(snap: RunSnapshot) -> go.Figure:
 
 
 # BN step by step: one mini-batch through the transform -----------------------------------
-BN_STAGES = ("x", "x̂ = (x − μ) / √(σ² + ε)", "y = γ x̂ + β")
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a mini-batch on its way through BN: its tick label, what it is (hover), its values (m, features)."""
+    tick: str
+    what: str
+    values: np.ndarray
 
 
-def bn_transform(x: np.ndarray, x_hat: np.ndarray, y: np.ndarray, features: Sequence[str]) -> go.Figure:
-    """Each row of a mini-batch (m, features) through BN's training-mode forward: a line per
-    row from its value x to its normalized x̂ to its output y, one panel per feature.
+def bn_forward_stages(x: np.ndarray, x_hat: np.ndarray, y: np.ndarray) -> list[Stage]:
+    """BN's training-mode forward as stages: the batch, its normalized values, the output."""
+    return [Stage("x", "x", x), Stage("x̂", "x̂ = (x − μ) / √(σ² + ε)", x_hat), Stage("y", "y = γ x̂ + β", y)]
 
-    Each panel keeps one axis for the three stages, so the figure shows what the tables do
-    not: normalizing moves every feature to 0 with spread 1 whatever its scale, keeping each
-    row's place among the others, and γ and β then stretch and move it."""
-    x, x_hat, y = (np.asarray(a, dtype=np.float64) for a in (x, x_hat, y))
+
+def batch_stages(stages: Sequence[Stage], features: Sequence[str], title: str) -> go.Figure:
+    """A mini-batch through the stages of a computation: a line per row across the stages,
+    one panel per feature.
+
+    Each panel keeps one axis for all stages, so the figure shows what the tables do not:
+    through BN's forward (bn_forward_stages) normalizing moves every feature to 0 with spread
+    1 whatever its scale, keeping each row's place among the others, and γ and β then stretch
+    and move it; from train mode to eval mode, how far the running statistics are from the
+    batch's."""
+    values = [np.asarray(s.values, dtype=np.float64) for s in stages]
+    rows = len(values[0])
+    ticks = [s.tick for s in stages]
     cv = _Canvas(rows=1, cols=len(features), subplot_titles=tuple(features), horizontal_spacing=0.06)
-    legend = len(x) <= len(PALETTE)  # past that, colours repeat and the legend would only list them
+    legend = rows <= len(PALETTE)  # past that, colours repeat and the legend would only list them
     for c in range(len(features)):
-        for i in range(len(x)):
-            values = np.array([x[i, c], x_hat[i, c], y[i, c]])
-            cv.add({"type": "scatter", "x": BN_STAGES, "y": values, "mode": "lines+markers",
+        for i in range(rows):
+            cv.add({"type": "scatter", "x": ticks, "y": np.array([v[i, c] for v in values]), "mode": "lines+markers",
                     "name": f"row {i}", "legendgroup": f"row {i}", "showlegend": legend and c == 0,
+                    "customdata": [s.what for s in stages],
                     "line": {"color": PALETTE[i % len(PALETTE)], "width": 1.5}, "marker": {"size": 7},
-                    "hovertemplate": f"row {i}, {features[c]}<br>%{{x}}: %{{y:.4g}}<extra></extra>"}, 1, c + 1)
-        cv.update_axes("x", col=c + 1, type="category", tickvals=list(BN_STAGES), ticktext=["x", "x̂", "y"])
+                    "hovertemplate": f"row {i}, {features[c]}<br>%{{customdata}}: %{{y:.4g}}<extra></extra>"},
+                   1, c + 1)
+        cv.update_axes("x", col=c + 1, type="category")
     cv.update_axes("y", col=1, title_text="value")
-    return cv.figure("One mini-batch through BN, feature by feature", 380, hovermode="closest")
+    return cv.figure(title, 380, hovermode="closest")

@@ -230,22 +230,28 @@ def test_a_sweep_page_link_sets_the_steps_per_run_and_the_address_follows(page, 
     assert run_app(page, steps="12").query_params["steps"] == "300"  # with a warning, at the default
 
 
-def _chart_ys(at: AppTest) -> list[np.ndarray]:
-    """Each trace's y of the page's one chart, as plotly.js receives it (typed arrays)."""
-    (chart,) = at.get("plotly_chart")
-    return [np.frombuffer(base64.b64decode(t["y"]["bdata"]), dtype=t["y"]["dtype"]) if "bdata" in t["y"]
-            else np.asarray(t["y"], dtype=np.float64) for t in json.loads(chart.proto.spec)["data"]]
+def _chart_ys(at: AppTest) -> list[list[np.ndarray]]:
+    """Per chart of the page, in page order, each trace's y as plotly.js receives it (typed arrays)."""
+    return [[np.frombuffer(base64.b64decode(t["y"]["bdata"]), dtype=t["y"]["dtype"]) if "bdata" in t["y"]
+             else np.asarray(t["y"], dtype=np.float64) for t in json.loads(chart.proto.spec)["data"]]
+            for chart in at.get("plotly_chart")]
 
 
-def test_bn_step_by_step_draws_each_row_through_bn_and_follows_gamma_and_beta():
+def test_bn_step_by_step_draws_each_row_through_bn_and_in_both_modes_following_the_sliders():
     at = run_app("pages/2_BN_step_by_step.py")
     rows = 5  # the page's default mini-batch
-    first = _chart_ys(at)
-    assert len(first) == 3 * rows
+    forward, modes = _chart_ys(at)
+    assert len(forward) == len(modes) == 3 * rows
     x1 = np.array([1.0, 2.0, 3.0, 4.0, 6.0])  # feature 1 of the default batch
     x_hat = (x1 - x1.mean()) / np.sqrt(x1.var() + 1e-5)
-    np.testing.assert_allclose([t[1] for t in first[:rows]], x_hat, rtol=1e-12)
-    np.testing.assert_allclose([t[2] for t in first[:rows]], x_hat, rtol=1e-12)  # γ = 1, β = 0
+    np.testing.assert_allclose([t[1] for t in forward[:rows]], x_hat, rtol=1e-12)
+    np.testing.assert_allclose([t[2] for t in forward[:rows]], x_hat, rtol=1e-12)  # γ = 1, β = 0
+    np.testing.assert_allclose([t[0] for t in modes[:rows]], x_hat, rtol=1e-12)  # train mode is y
     at.sidebar.slider(key="step.gamma0").set_value(2.0)
-    at.sidebar.slider(key="step.beta0").set_value(-1.0).run()
-    np.testing.assert_allclose([t[2] for t in _chart_ys(at)[:rows]], 2.0 * x_hat - 1.0, rtol=1e-12)
+    at.sidebar.slider(key="step.beta0").set_value(-1.0)
+    at.slider(key="step.momentum").set_value(1.0).run()  # the running statistics are this batch's
+    forward, modes = _chart_ys(at)
+    np.testing.assert_allclose([t[2] for t in forward[:rows]], 2.0 * x_hat - 1.0, rtol=1e-12)
+    # eval mode divides by the unbiased variance, m / (m - 1) times the batch's
+    unbiased = (x1 - x1.mean()) / np.sqrt(x1.var() * rows / (rows - 1) + 1e-5)
+    np.testing.assert_allclose([t[1] for t in modes[:rows]], 2.0 * unbiased - 1.0, rtol=1e-12)

@@ -513,21 +513,22 @@ def test_step_axes_tick_at_whole_steps_while_a_run_is_a_few_steps_long(calm):
     assert checked == {spec.key for spec in FIGURES} - {"current", "shift"}
 
 
-def test_bn_transform_draws_every_row_from_x_through_x_hat_to_y_in_each_features_panel():
+def test_batch_stages_draw_every_row_from_x_through_x_hat_to_y_in_each_features_panel():
     from bnviz import explain
 
     features = ["a", "b", "c"]
     x = np.array([[1.0, 10.0, -3.0], [2.0, 14.0, -1.0], [3.0, 9.0, 0.5], [6.0, 16.0, -0.5]])
     f = explain.forward(x, np.array([2.0, 1.0, 0.5]), np.array([1.0, 0.0, -1.0]))
-    fig = figures.bn_transform(x, f.x_hat, f.y, features)
+    fig = figures.batch_stages(figures.bn_forward_stages(x, f.x_hat, f.y), features, "t")
     assert len(fig.data) == x.size  # a line per row and feature
     for k, t in enumerate(fig.data):  # feature by feature, row by row
         c, i = divmod(k, len(x))
         assert (t.name, t.xaxis) == (f"row {i}", "x" if c == 0 else f"x{c + 1}")
-        assert tuple(t.x) == figures.BN_STAGES
+        assert tuple(t.x) == ("x", "x̂", "y") and t.customdata[1].startswith("x̂ = (x − μ)")
         np.testing.assert_array_equal(t.y, [x[i, c], f.x_hat[i, c], f.y[i, c]])
     assert [a.text for a in fig.layout.annotations] == features  # panel titles
     assert [t.name for t in fig.data if t.showlegend] == [f"row {i}" for i in range(len(x))]
     many = np.random.default_rng(0).normal(size=(20, 3))
     g = explain.forward(many, np.ones(3), np.zeros(3))
-    assert not any(t.showlegend for t in figures.bn_transform(many, g.x_hat, g.y, features).data)  # colours repeat
+    stages = figures.bn_forward_stages(many, g.x_hat, g.y)
+    assert not any(t.showlegend for t in figures.batch_stages(stages, features, "t").data)  # colours repeat
