@@ -83,18 +83,28 @@ def _even_rows(edges: np.ndarray, lo: float, hi: float, rows: int) -> np.ndarray
 # redraw, and draws a chart twice whenever a margin must grow.
 MARGIN = dict(l=90, r=20, t=100, b=66)
 COLORBAR_MARGIN_R = 104
+SWEEP_LEGEND_MARGIN_R = 140  # the sweep chart's legend column at least, for its "× = diverged" note
 # Step axes tick in SI units ("2k", "50k"): "10002000" ran together in a narrow column (Paper
-# Figure 1 beside its claims) and the heatmap's "3000" met the next panel's "0". Hover keeps
+# Figure 1 when it stood beside its claims) and the heatmap's "3000" met the next panel's "0". Hover keeps
 # the exact step, written as the progress line writes it ("3,000").
 STEP_TICKS = dict(tickformat="~s", hoverformat=",")
+
+
+# The title at the top left, the legend on a line of its own under it (both placed in pixels
+# from the chart's top): beside the title, a legend right-aligned above the plots ran over the
+# title on a 1024 px screen with the sidebar open (a classroom projector), and grew up into it
+# when it wrapped. Under it, a legend that wraps grows down into the top margin, which holds
+# two lines of it above the subplot titles.
+TITLE_TOP_PX, LEGEND_TOP_PX = 10, 38
 
 
 def _layout_props(title: str, height: int) -> dict:
     """The look every bnviz figure shares (plotly layout properties)."""
     return dict(
-        title=dict(text=title, x=0.01, xanchor="left"), height=height, font=dict(FONT),
-        margin=dict(MARGIN), template="plotly_white",
-        legend=dict(orientation="h", yanchor="bottom", y=1.1, xanchor="right", x=1),
+        title=dict(text=title, x=0.01, xanchor="left", y=1 - TITLE_TOP_PX / height, yanchor="top"),
+        height=height, font=dict(FONT), margin=dict(MARGIN), template="plotly_white",
+        legend=dict(orientation="h", xref="container", x=0.01, xanchor="left",
+                    yref="container", y=1 - LEGEND_TOP_PX / height, yanchor="top"),
         uirevision="keep",  # keep zoom and legend toggles across live refreshes
         hovermode="x unified",
     )
@@ -434,7 +444,9 @@ def loss_accuracy(snap: RunSnapshot) -> go.Figure:
         cv.add(dict(type="scatter", x=v.eval_steps, y=v.evals["test_acc"], name=v.name, legendgroup=v.name,
                     showlegend=False, mode="lines+markers", marker=dict(size=4), line=dict(color=color, width=2)), 1, 2)
     cv.update_axes("y", row=1, col=1, type="log", title_text="loss (log)")
-    cv.update_axes("y", row=1, col=2, title_text="accuracy", range=[0, 1.02])
+    # no axis title: the panel's says it, and between the panels the title ran into the loss
+    # curves on a narrow screen
+    cv.update_axes("y", row=1, col=2, range=[0, 1.02])
     cv.step_axes()
     _mark_events(cv, snap, 1, 2)
     return cv.figure("Loss and accuracy", 360)
@@ -632,7 +644,9 @@ def paper_figure1(snap: RunSnapshot, plain: str = "plain", bn: str = "bn") -> go
         v = snap.variants[name]
         i, last = _thin(len(v.steps)), len(v.layers) - 1
         for q, dash in ((15, "dot"), (50, "solid"), (85, "dot")):
-            cv.add(dict(type="scatter", x=v.steps[i], y=v.series[f"unit_p{q}"][i, last], name=f"{q}th percentile",
+            # "15th, 50th, 85th percentile": one line of legend on a narrow screen, five entries in all
+            cv.add(dict(type="scatter", x=v.steps[i], y=v.series[f"unit_p{q}"][i, last],
+                        name=f"{q}th percentile" if q == 85 else f"{q}th",
                         showlegend=(col == 2), legendgroup=f"p{q}", line=dict(color="#333", dash=dash, width=2)), 1, col)
         if v.diverged_at is not None:
             diverged = True
@@ -758,10 +772,15 @@ def sweep_figure(result_rows: list[dict], field: str, log_x: bool = True,
                            showarrow=False, text="× = diverged<br>(loss became NaN,<br>drawn at 0)",
                            font=dict(color="#666", size=11))
     fig = _layout(fig, f"Final test accuracy vs {label}", 420)
-    # Up to 8 entries (each norm, and its train-mode line): a column on the right, where a
-    # row above the plot would wrap onto the title in a page's narrower column.
-    fig.update_layout(hovermode="closest", margin=dict(t=60),
-                      legend=dict(orientation="v", yanchor="top", y=1, xanchor="left", x=1.02))
+    # Up to 8 entries (each norm, and its train-mode line): a column on the right, where as a
+    # row under the title they would take two or three lines on a narrow screen.
+    # r: room for that column (and the "diverged" note under it) given, not grown by plotly's
+    # automargin, which draws a chart twice to find it: its symbols, then ~7 px per character
+    # ("BatchNorm, train mode" took 194 px, "Batch Renorm, train mode" 211)
+    longest = max((len(t.name) for t in fig.data), default=0)
+    fig.update_layout(hovermode="closest", margin=dict(t=60, r=max(SWEEP_LEGEND_MARGIN_R, 60 + 7 * longest)),
+                      legend=dict(orientation="v", xref="paper", yref="paper", yanchor="top", y=1, xanchor="left",
+                                  x=1.02))
     return fig
 
 
@@ -899,6 +918,8 @@ def batch_stages(stages: Sequence[Stage], features: Sequence[str], title: str) -
                     "line": {"color": PALETTE[i % len(PALETTE)], "width": 1.5}, "marker": {"size": 7},
                     "hovertemplate": f"row {i}, {features[c]}<br>%{{customdata}}: %{{y:.4g}}<extra></extra>"},
                    1, c + 1)
-        cv.update_axes("x", col=c + 1, type="category")
+        # half a category of room at each end: the end stages' labels ("eval mode" beside the next
+        # panel's "train mode") met between the panels on a 1024 px screen
+        cv.update_axes("x", col=c + 1, type="category", range=[-0.5, len(stages) - 0.5])
     cv.update_axes("y", col=1, title_text="value")
     return cv.figure(title, 380, hovermode="closest")

@@ -404,11 +404,46 @@ def crowded_labels(page: Page) -> list[tuple[str, str]]:
           .map(([text]) => [d.layout.title.text, text]); }})""", LABEL_GAP_PX)]
 
 
+def overlapping_headers(page: Page) -> list[tuple[str, str]]:
+    """(chart title, text) of each live chart's title or subplot title that its legend runs into."""
+    return [tuple(c) for c in page.evaluate(f"""() => ({_LIVE})('.js-plotly-plot').flatMap(d => {{
+        const bg = d.querySelector('.legend .bg');
+        if (!bg) return [];
+        const l = bg.getBoundingClientRect();
+        const meet = (r) => l.left < r.right && r.left < l.right && l.top < r.bottom && r.top < l.bottom;
+        return Array.from(d.querySelectorAll('.gtitle, .annotation-text'))
+          .filter(t => t.getBoundingClientRect().width && meet(t.getBoundingClientRect()))
+          .map(t => [d.layout.title.text, t.textContent]); }})""")]
+
+
+def truncated_buttons(page: Page) -> list[str]:
+    """Labels of the main area's buttons that are cut short (an ellipsis where the word should be)."""
+    # Streamlit cuts a label in its markdown container (overflow hidden, an ellipsis)
+    return page.evaluate("""() => Array.from(document.querySelectorAll(
+        "[data-testid='stMain'] button [data-testid='stMarkdownContainer']"))
+        .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)""")
+
+
 def assert_labels_fit(page: Page) -> None:
     """Every live chart's labels fit its margins as Streamlit's theme draws them: none cut off or
-    crowded, and no chart drawn twice per refresh for plotly to grow a margin."""
-    poll(lambda: (crowded_labels(page), grown_margins(page)), lambda v: v == ([], []), 20,
-         "every chart's labels to fit its margins: (crowded labels, grown margins)")
+    crowded, no legend over a title, no chart drawn twice per refresh for plotly to grow a
+    margin; and no button's label cut short."""
+    poll(lambda: (crowded_labels(page), grown_margins(page), overlapping_headers(page), truncated_buttons(page)),
+         lambda v: v == ([], [], [], []), 20,
+         "every chart's labels to fit its margins and every button's label its button: "
+         "(crowded labels, grown margins, legends over titles, cut buttons)")
+
+
+NARROW_VIEWPORT = {"width": 1024, "height": 768}  # a classroom projector (XGA), with the sidebar open
+
+
+def assert_labels_fit_narrow(page: Page) -> None:
+    """assert_labels_fit on NARROW_VIEWPORT, then back to VIEWPORT."""
+    page.set_viewport_size(NARROW_VIEWPORT)
+    try:
+        assert_labels_fit(page)
+    finally:
+        page.set_viewport_size(VIEWPORT)
 
 
 def heatmap_images(page: Page) -> list[bool]:

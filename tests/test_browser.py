@@ -34,6 +34,7 @@ from tests.browser_support import (
     UI_TIMEOUT_MS,
     alerts,
     assert_labels_fit,
+    assert_labels_fit_narrow,
     crowded_labels,
     button,
     chart_annotations,
@@ -142,6 +143,7 @@ def test_pause_stops_growth_and_start_resumes(app_server, page):
     # Settled: every chart exactly once, no stale leftovers of earlier refreshes.
     poll(lambda: plotly_plot_count(page), lambda n: n == len(CHART_KEYS), 30, f"{len(CHART_KEYS)} live charts")
     assert_labels_fit(page)
+    assert_labels_fit_narrow(page)
     images = heatmap_images(page)
     assert images and all(images), f"heatmap panels drawn one pixel per cell: {images}"  # figures._every_kth
     screenshot(page, "03-paused")

@@ -25,6 +25,7 @@ from tests.browser_support import (
     LOAD_TIMEOUT_MS,
     VIEWPORT,
     assert_labels_fit,
+    assert_labels_fit_narrow,
     button,
     chart_points,
     exceptions,
@@ -90,6 +91,7 @@ def test_bn_step_by_step_draws_the_mini_batch_through_bn_with_every_label_in_pla
     poll(lambda: page.evaluate("() => document.querySelectorAll('.js-plotly-plot .scatterlayer .trace').length"),
          lambda n: n == 30, 30, "in each of its two charts a line per row and feature: 5 rows x 3 features")
     assert_labels_fit(page)
+    assert_labels_fit_narrow(page)
     screenshot(page, "pages-bn-step-by-step")
     assert exceptions(page) == 0
 
@@ -116,6 +118,8 @@ def test_paper_figure_1_trains_live_and_fills_its_chart_and_table(app_server, pa
     expect(button(page, "Download CSV (tidy)")).to_be_disabled()  # a file of a moving run is stale at once
     expect(page.get_by_text("Pause the run, or let it finish, to download it.")).to_be_visible()
     paused = pause_and_settle(page)
+    assert_labels_fit(page)
+    assert_labels_fit_narrow(page)  # the chart once stood beside the claims, ~420 px wide there
     screenshot(page, "pages-paper-figure-1")
     # The run so far, as the CSV a teacher keeps: both nets, up to the step the page shows.
     csv, address = download(page, "Download CSV (tidy)")
@@ -144,6 +148,7 @@ def test_covariate_shift_page_trains_three_nets_and_draws_all_four_charts(app_se
     assert set(charts) == {"loss", "shift", "ics", "smooth"}
     pause_and_settle(page)
     assert_labels_fit(page)
+    assert_labels_fit_narrow(page)
     screenshot(page, "pages-covariate-shift")
     report = download(page, "Download HTML report")[0].decode()
     assert "bnviz: ics-measure" in report and "Internal covariate shift as Santurkar et al. measure it" in report
@@ -161,6 +166,8 @@ def test_batch_size_sweep_fills_its_chart_batch_size_by_batch_size_and_stops(app
     text = poll(lambda: progress_text(page) or "", lambda t: "stopped" in t or "finished" in t, 60,
                 "the sweep to say stopped")
     expect(button(page, "Start")).to_be_enabled()
+    assert_labels_fit(page)
+    assert_labels_fit_narrow(page)
     screenshot(page, "pages-batch-size-sweep")
     # The sweep as the CLI writes it: a row per batch size done and norm, the report says it stopped.
     rows = list(csv.DictReader(io.StringIO(download(page, "Download CSV")[0].decode())))
@@ -183,6 +190,8 @@ def test_learning_rate_sweep_runs_every_rate_and_names_the_largest_each_net_trai
         r"plain ([\d.]+|none), BatchNorm ([\d.]+|none)\."))
     assert chart_points(page, "lrsweep-").get("chart", 0) == len(rates)  # plain: one point per rate
     expect(main.get_by_test_id("stDataFrame")).to_have_count(1)
+    assert_labels_fit(page)
+    assert_labels_fit_narrow(page)  # the chart once stood beside the papers, cramped there
     screenshot(page, "pages-learning-rate-sweep")
     report = download(page, "Download HTML report")[0].decode()
     assert "Stable lr values" in report and "<b>BatchNorm</b> (bn): largest" in report

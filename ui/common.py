@@ -94,20 +94,24 @@ def once_per_click(action: Callable[..., None]) -> Callable[..., None]:
 
 
 def run_controls_ui(lab: Lab, prefix: str):
-    """Start / Pause / Step / Reset; returns a slot beside them for a one-line message."""
-    c = st.columns([1, 1, 1, 1, 4])
-    c[0].button("Start", icon=":material/play_arrow:", key=f"{prefix}.start", on_click=_guard,
-                args=(lab.start, prefix), type="primary", disabled=lab.running)
-    c[1].button("Pause", icon=":material/pause:", key=f"{prefix}.pause", on_click=_guard,
-                args=(lab.pause, prefix), disabled=not lab.running)
-    c[2].button("Step", icon=":material/skip_next:", key=f"{prefix}.step", on_click=_guard,
-                args=(lab.step, prefix), help="one training step of every variant (pauses first)")
-    c[3].button("Reset", icon=":material/restart_alt:", key=f"{prefix}.reset", on_click=_guard,
-                args=(lab.reset, prefix), help="discard the run")
+    """Start / Pause / Step / Reset; returns a slot beside them for a one-line message.
+
+    A row that wraps, each button as wide as its label: in fixed columns a 1024 px screen
+    with the sidebar open (a classroom projector) cut the labels to "S", "P", "S", "R"."""
+    row = st.container(horizontal=True, vertical_alignment="center")
+    row.button("Start", icon=":material/play_arrow:", key=f"{prefix}.start", on_click=_guard,
+               args=(lab.start, prefix), type="primary", disabled=lab.running)
+    row.button("Pause", icon=":material/pause:", key=f"{prefix}.pause", on_click=_guard,
+               args=(lab.pause, prefix), disabled=not lab.running)
+    row.button("Step", icon=":material/skip_next:", key=f"{prefix}.step", on_click=_guard,
+               args=(lab.step, prefix), help="one training step of every variant (pauses first)")
+    row.button("Reset", icon=":material/restart_alt:", key=f"{prefix}.reset", on_click=_guard,
+               args=(lab.reset, prefix), help="discard the run")
+    slot = row.empty()  # after the buttons: a message there stands to their right
     err = st.session_state.pop(f"{prefix}.action_error", None)
     if err:
         st.error(err, icon=":material/warning:")
-    return c[4]
+    return slot
 
 
 @once_per_click

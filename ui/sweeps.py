@@ -106,11 +106,11 @@ def controls_ui(slot: SweepSlot, prefix: str, step_choices: dict[str, int], head
                                    disabled=slot.running,
                                    help=f"Every run ({len(values)} values x {len(slot.preset.variants)} "
                                         "variants) trains this many steps.")
-    c = st.columns([1, 1, 5])
-    c[0].button("Start", icon=":material/play_arrow:", key=f"{prefix}.start", type="primary",
-                disabled=slot.running, on_click=once_per_click(lambda: slot.start(step_choices[steps_label])))
-    c[1].button("Stop", icon=":material/stop:", key=f"{prefix}.stop", disabled=not slot.running,
-                on_click=once_per_click(slot.stop))
+    row = st.container(horizontal=True)  # each button as wide as its label (ui.common.run_controls_ui)
+    row.button("Start", icon=":material/play_arrow:", key=f"{prefix}.start", type="primary",
+               disabled=slot.running, on_click=once_per_click(lambda: slot.start(step_choices[steps_label])))
+    row.button("Stop", icon=":material/stop:", key=f"{prefix}.stop", disabled=not slot.running,
+               on_click=once_per_click(slot.stop))
     if slot.message:
         st.warning(slot.message, icon=":material/hourglass_top:")
 
@@ -170,8 +170,10 @@ def _sweep_files(job: SweepJob, rows: list[dict], preset: Preset, prefix: str) -
 
 def sweep_page(title: str, preset: Preset, prefix: str, step_choices: dict[str, int], sidebar_header: str,
                papers: list[str], caption: str, summary: Callable[[list[dict], bool], str | None]) -> None:
-    """A whole sweep page: the preset's "predict, then run" note, Start / Stop, the results
-    beside what the papers report (``papers``: markdown paragraphs)."""
+    """A whole sweep page: the preset's "predict, then run" note, Start / Stop, the results,
+    then what the papers report (``papers``: markdown paragraphs). The results take the
+    page's whole width, as on Paper Figure 1: beside the papers, in three quarters of it, the
+    chart and its legend were cramped on a 1024 px screen with the sidebar open."""
     st.title(title)
     st.markdown(f"**{preset.title}**  \n*Predict, then run.* {preset.note}")
     slot = session_slot(preset.name)
@@ -180,12 +182,9 @@ def sweep_page(title: str, preset: Preset, prefix: str, step_choices: dict[str, 
     link_settings_ui(prefix, link)
     controls_ui(slot, prefix, step_choices, sidebar_header)
     write_link(link)
-    left, right = st.columns([3, 1])
-    with right:
-        st.subheader("What the papers report")
-        for paragraph in papers:
-            st.markdown(paragraph)
-    with left:
-        results_ui(slot, prefix, caption, summary)
-        st.subheader("Download")
-        downloads_ui(slot, prefix)
+    results_ui(slot, prefix, caption, summary)
+    st.subheader("What the papers report")
+    for paragraph in papers:
+        st.markdown(paragraph)
+    st.subheader("Download")
+    downloads_ui(slot, prefix)
