@@ -8,6 +8,7 @@ import torch
 
 from bnviz import explain
 from bnviz.figures import Stage, batch_stages, bn_forward_stages
+from ui.common import show
 from ui.navigation import through_app
 
 through_app()  # first: a direct visit runs this file without app.py (ui/navigation.py)
@@ -55,9 +56,8 @@ with c2:
     st.dataframe(table(f.y), width="stretch")
     st.markdown("Check: the columns of y have mean β and standard deviation ≈ γ.")
     st.dataframe(table([f.y.mean(axis=0), f.y.std(axis=0)], index=["mean of y", "std of y"]), width="stretch")
-st.plotly_chart(batch_stages(bn_forward_stages(x, f.x_hat, f.y), FEATURES,
-                             "One mini-batch through BN, feature by feature"),
-                key="step.forward_chart", width="stretch", config={"displaylogo": False})
+show(batch_stages(bn_forward_stages(x, f.x_hat, f.y), FEATURES, "One mini-batch through BN, feature by feature"),
+     "step.forward_chart")
 st.caption(f"Each line is one row of the batch. Normalizing brings every feature to mean 0 and spread 1 "
            f"whatever its scale (the batch's means: {', '.join(f'{m:.3g}' for m in f.mean)}), and keeps each "
            "row's place among the others; γ and β in the sidebar then stretch and move the output.")
@@ -82,10 +82,10 @@ with c2:
                 "Eval-mode outputs for the same rows:")
     st.dataframe(table(eval_y), width="stretch")
 gap = float(np.max(np.abs(eval_y - f.y)))
-st.plotly_chart(batch_stages([Stage("train mode", "y in train mode (this batch's μ and σ²)", f.y),
-                              Stage("eval mode", "y in eval mode (the running statistics)", eval_y)],
-                             FEATURES, "The same rows in train mode and in eval mode"),
-                key="step.modes_chart", width="stretch", config={"displaylogo": False})
+show(batch_stages([Stage("train mode", "y in train mode (this batch's μ and σ²)", f.y),
+                   Stage("eval mode", "y in eval mode (the running statistics)", eval_y)],
+                  FEATURES, "The same rows in train mode and in eval mode"),
+     "step.modes_chart")
 st.markdown(f"Largest difference between train-mode and eval-mode output: **{gap:.4f}**. "
             "Small or unrepresentative batches make this gap, and so accuracy in the two modes, differ. "
             "Slide *batches seen* up and the lines flatten, though not quite: the running variance is "

@@ -122,10 +122,15 @@ def _guard(action, prefix: str) -> None:
         st.session_state[f"{prefix}.action_error"] = str(exc)
 
 
+def show(fig, key: str) -> None:
+    """A chart as every page draws one: full width, no plotly logo in its toolbar."""
+    st.plotly_chart(fig, key=key, width="stretch", config={"displaylogo": False})
+
+
 def chart(build: Callable[[RunSnapshot], object], snap: RunSnapshot, key: str) -> None:
     """One live chart, full width; built for the page (figures.for_page: the same JSON, a
     fraction of the server's time per refresh)."""
-    st.plotly_chart(for_page(build, snap), key=key, width="stretch", config={"displaylogo": False})
+    show(for_page(build, snap), key)
 
 
 def downloads_ui(lab: Lab, prefix: str, preset: Preset | None) -> None:

@@ -19,7 +19,7 @@ from bnviz.figures import field_title, sweep_figure
 from bnviz.live import POOL, warm_workers
 from bnviz.presets import Preset
 from bnviz.sweep import SweepJob, SweepResult, alive_sweeps, preset_report
-from ui.common import download_buttons, kept_files, link_settings_ui, once_per_click, write_link
+from ui.common import download_buttons, kept_files, link_settings_ui, once_per_click, show, write_link
 
 log = logging.getLogger("bnviz.sweeps")
 
@@ -138,8 +138,7 @@ def results_ui(slot: SweepSlot, prefix: str, caption: str,
             st.error(job.error, icon=":material/warning:")
         rows = job.rows
         if rows:
-            st.plotly_chart(sweep_figure(rows, field, log_x=True, labels=labels), key=f"{prefix}.chart",
-                            width="stretch", config={"displaylogo": False})
+            show(sweep_figure(rows, field, log_x=True, labels=labels), f"{prefix}.chart")
             st.caption(caption)
             text = summary(rows, job.state == "running")
             if text:
