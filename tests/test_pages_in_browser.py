@@ -125,7 +125,8 @@ def test_paper_figure_1_trains_live_and_fills_its_chart_and_table(app_server, pa
     csv, address = download(page, "Download CSV (tidy)")
     record = from_csv(csv.decode())
     assert set(record.variants) == {"plain", "bn"}
-    assert all(v.steps[-1] == paused.step for v in record.variants.values())
+    assert all(v.steps[-1] == paused.step for v in record.variants.values()), \
+        (paused.text, {n: int(v.steps[-1]) for n, v in record.variants.items()})
     # The file must outlive other sessions' script runs. A deferred download's file
     # (data=callable) went after any two runs in the process, each live page's redraw being
     # one: with other pages training, a click gave a cancelled download (CI at c85404f).
