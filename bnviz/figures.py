@@ -68,6 +68,13 @@ def _every_kth(n: int, max_columns: int) -> np.ndarray:
     return np.arange((n - 1) % k, n, k)
 
 
+def _on_one_grid(steps: np.ndarray) -> int:
+    """How many of ``steps`` lie on one grid: all but a last, partial bucket (runlog's open
+    bucket, closer to the row before it than the rows before are to each other)."""
+    n = len(steps)
+    return n - 1 if n >= 3 and steps[-1] - steps[-2] < steps[-2] - steps[-3] else n
+
+
 def _even_rows(edges: np.ndarray, lo: float, hi: float, rows: int) -> np.ndarray:
     """(bins, rows): the share of each histogram bin's mass that falls in each of ``rows`` equal
     rows over [lo, hi], spread evenly across the bin as its density is."""
@@ -524,7 +531,7 @@ def histogram_heatmap(snap: RunSnapshot) -> go.Figure:
         edges = v.hist_edges.astype(np.float64)
         rows = max(int(((edges[1:] >= lo) & (edges[:-1] <= hi)).sum()), 1)
         dy = (hi - lo) / rows
-        i = _every_kth(len(v.hist_steps), HEATMAP_COLUMNS)
+        i = _every_kth(_on_one_grid(v.hist_steps), HEATMAP_COLUMNS)
         dens_all = v.hists[i] @ _even_rows(edges, lo, hi, rows) / dy  # (t, L, rows)
         for c, layer in enumerate(layers, start=1):
             if layer not in v.layers:

@@ -30,7 +30,8 @@ class DecimatedTable:
     """Rows of floats indexed by step, at most ``capacity`` kept; buckets double when full.
 
     A stored row is the mean of the ``stride`` consecutive rows of its bucket, labelled by
-    the bucket's last step.
+    the bucket's last step. A copy ends with the open bucket, if it holds any rows, as a
+    partial row at the last step appended: a snapshot never lags the step counter.
     """
 
     def __init__(self, width: int, capacity: int, dtype=np.float32):
@@ -41,12 +42,14 @@ class DecimatedTable:
         self.values = np.zeros((capacity, width), dtype=dtype)
         self._acc = np.zeros(width, dtype=np.float64)  # sum of the open bucket
         self._acc_n = 0
+        self._last_step = 0
 
     def append(self, steps: np.ndarray, rows: np.ndarray) -> None:
         """Append rows (k, width) recorded at ``steps`` (k,)."""
         for step, row in zip(steps, rows):
             self._acc += row
             self._acc_n += 1
+            self._last_step = step
             if self._acc_n < self.stride:
                 continue
             if self.n == self.capacity:
@@ -64,7 +67,12 @@ class DecimatedTable:
             self._acc_n = 0
 
     def copy(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.steps[: self.n].copy(), self.values[: self.n].copy()
+        """(steps, values) of the stored rows, then of the open bucket if it is not empty."""
+        if not self._acc_n:
+            return self.steps[: self.n].copy(), self.values[: self.n].copy()
+        steps = np.append(self.steps[: self.n], self._last_step)
+        values = np.concatenate([self.values[: self.n], (self._acc / self._acc_n)[None].astype(self.values.dtype)])
+        return steps, values
 
     @property
     def nbytes(self) -> int:

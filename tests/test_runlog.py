@@ -67,7 +67,7 @@ def test_decimated_constant_series_stays_constant():
     steps = np.arange(1, 1001)
     table.append(steps, np.tile([1.5, -2.0, 7.0], (len(steps), 1)))
     _, values = table.copy()
-    assert np.array_equal(values, np.tile(np.float32([1.5, -2.0, 7.0]), (table.n, 1)))
+    assert np.array_equal(values, np.tile(np.float32([1.5, -2.0, 7.0]), (len(values), 1)))
 
 
 @pytest.mark.parametrize("capacity, n", [(4, 9), (16, 1000), (64, 100_000)])
@@ -79,7 +79,25 @@ def test_decimated_ramp_rows_equal_the_mean_of_their_buckets(capacity, n):
     starts = np.concatenate([[1], steps[:-1] + 1])
     bucket_means = (starts + steps) / 2  # mean of a run of consecutive integers
     np.testing.assert_allclose(values[:, 0], bucket_means, rtol=0, atol=1e-3)
-    assert set(np.diff(steps).tolist()) == {table.stride}  # equal buckets: a ramp stays a ramp
+    # equal buckets, so a ramp stays a ramp; only the open bucket, last, may be shorter
+    assert set(np.diff(steps[:table.n]).tolist()) == {table.stride}
+    assert steps[-1] == n
+
+
+@pytest.mark.parametrize("capacity", [8, 2048])
+def test_decimated_copy_ends_at_the_last_step_appended_whatever_the_stride(capacity):
+    # A run paused on any step exports, and draws, up to that step: the open bucket is the
+    # copy's last row, the mean of the rows it holds so far.
+    table = DecimatedTable(width=1, capacity=capacity)
+    for last in range(1, 5 * capacity + 2):
+        table.append(np.array([last]), np.array([[float(last)]]))
+        if capacity > 8 and last % 97 and last not in (capacity + 1, 2 * capacity + 1, 4 * capacity + 1):
+            continue  # every step of the small table; of the large one, a sample and each first step past a doubling
+        steps, values = table.copy()
+        assert steps[-1] == last
+        start = steps[-2] + 1 if len(steps) > 1 else 1
+        assert values[-1, 0] == pytest.approx((start + last) / 2)
+        assert len(steps) <= capacity + 1 and (np.diff(steps) > 0).all()
 
 
 def test_decimated_table_rejects_odd_or_tiny_capacity():
@@ -124,6 +142,19 @@ def test_snapshot_splits_rows_into_named_series():
             col = len(STEP_METRICS) + j * len(LAYER_METRICS) + k
             assert v.series[metric].shape == (5, 3)
             np.testing.assert_allclose(v.series[metric][:, j], steps + col / 100.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("paused_at", [2_049, 2_051, 5_000])
+def test_a_run_paused_past_the_first_doubling_snapshots_and_exports_up_to_its_step(paused_at):
+    # The page's step counter, its charts and the CSV must agree wherever the run pauses.
+    log = make_log(variants=("plain",))
+    steps = np.arange(1, paused_at + 1)
+    log.append_steps("plain", steps, synthetic_rows(steps))
+    v = log.snapshot().variants["plain"]
+    assert v.step == paused_at and v.steps[-1] == paused_at
+    assert v.series["train_loss"][-1] > v.series["train_loss"][-2]
+    last = max(int(r["step"]) for r in _parse(to_csv(log.snapshot())))
+    assert last == paused_at
 
 
 def test_snapshot_arrays_are_copies():
