@@ -28,12 +28,12 @@ from bnviz.errors import ConfigError
 
 MODELS = ("mlp", "cnn")
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "gelu")
-NORMS = ("none", "batch", "layer", "group", "batch_renorm", "noisy_batch")
+NORMS = ("none", "batch", "layer", "group", "batch_renorm", "noisy_batch", "ghost_batch")
 # What a legend or a table header calls a variant of each norm (the lab's sidebar shortens some).
 NORM_NAMES = {"none": "plain", "batch": "BatchNorm", "layer": "LayerNorm", "group": "GroupNorm",
-              "batch_renorm": "Batch Renorm", "noisy_batch": "noisy BN"}
+              "batch_renorm": "Batch Renorm", "noisy_batch": "noisy BN", "ghost_batch": "Ghost BN"}
 # Norms that use batch statistics: they need more than one value per channel.
-BATCH_STAT_NORMS = frozenset({"batch", "batch_renorm", "noisy_batch"})
+BATCH_STAT_NORMS = frozenset({"batch", "batch_renorm", "noisy_batch", "ghost_batch"})
 PLACEMENTS = ("before", "after")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 INITS = ("default", "normal", "xavier", "kaiming")
@@ -75,6 +75,8 @@ FIELDS: tuple[Field, ...] = (
     Field("dropout", float, "dropout probability after each hidden layer", low=0.0, high=0.95),
     Field("bn_momentum", float, "running-statistics momentum of batch norms (torch convention)", low=0.0, high=1.0, low_open=True),
     Field("bn_eps", float, "epsilon added to the variance", low=0.0, low_open=True),
+    Field("ghost_size", int, "Ghost BN: examples per ghost batch, each normalized by its own mean and variance "
+          "(the batch splits into batch_size // ghost_size near-equal parts)", low=2),
     Field("renorm_warmup", int, "batch renorm: steps with r=1, d=0 before relaxing (paper: 5000)", low=0),
     Field("seed", int, "seed of data order, initial weights and noise", low=0, high=2**31 - 1),
     Field("device", str, "where to train; auto picks cuda, then mps, then cpu", choices=DEVICES),
@@ -111,6 +113,7 @@ class RunConfig:
     dropout: float = 0.0
     bn_momentum: float = 0.1  # torch's default: new = 0.9 * old + 0.1 * batch
     bn_eps: float = 1e-5
+    ghost_size: int = 16  # with batch 60: three ghost batches of 20
     renorm_warmup: int = 500  # scaled down from the paper's 5000 for runs of a few thousand steps
     seed: int = 0
     device: str = "auto"

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from bnviz.config import RunConfig
-from bnviz.norms import BatchRenorm, NoisyBatchNorm
+from bnviz.norms import BatchRenorm, GhostBatchNorm, NoisyBatchNorm
 
 OUTPUT = "output"
 ACTIVATION_MODULES = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
@@ -104,6 +104,8 @@ def make_norm(cfg: RunConfig, conv: bool, generator: torch.Generator | None) -> 
         return BatchRenorm(c, eps=eps, momentum=mom, warmup_steps=w, rmax_ramp_end=8 * w, dmax_ramp_end=5 * w)
     if cfg.norm == "noisy_batch":
         return NoisyBatchNorm(c, eps=eps, momentum=mom, generator=generator)
+    if cfg.norm == "ghost_batch":
+        return GhostBatchNorm(c, ghost_size=cfg.ghost_size, eps=eps, momentum=mom)
     raise AssertionError(cfg.norm)  # config validation makes this unreachable
 
 

@@ -135,6 +135,19 @@ def test_adding_and_removing_variants_changes_the_comparison_but_never_empties_i
     assert at.sidebar.button(key="lab.w.remove").disabled  # the last variant stays
 
 
+def test_ghost_batch_size_shows_only_while_a_variant_uses_ghost_bn_and_sets_its_ghost_batches():
+    at = run_app()
+    assert not any(w.key == "lab.w.ghost_size" for w in at.sidebar.number_input)
+    at.sidebar.selectbox(key="lab.w.bn.norm").set_value("ghost_batch").run()
+    assert not at.exception and not at.error
+    assert cmp(at).variants["bn"].norm == "ghost_batch"
+    at.sidebar.number_input(key="lab.w.ghost_size").set_value(12).run()
+    assert not at.exception and not at.error
+    assert cmp(at).variants["bn"].ghost_size == 12 and at.query_params["ghost_size"] == "12"
+    at.sidebar.selectbox(key="lab.w.bn.norm").set_value("batch").run()
+    assert not any(w.key == "lab.w.ghost_size" for w in at.sidebar.number_input)
+
+
 def test_refused_change_shows_the_error_and_keeps_the_comparison():
     at = run_app()
     at.sidebar.number_input(key="lab.w.width").set_value(10).run()

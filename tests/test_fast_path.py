@@ -200,7 +200,7 @@ def test_stack_key_says_which_variants_can_be_stacked():
     assert stack_key(base.replace(norm="batch", placement="after", activation="relu", optimizer="momentum",
                                   lr=0.1, weight_decay=0.01)) == stack_key(base)
     for change in (dict(model="cnn"), dict(dropout=0.1), dict(optimizer="adam"), dict(norm="layer"),
-                   dict(norm="batch_renorm"), dict(norm="noisy_batch")):
+                   dict(norm="batch_renorm"), dict(norm="noisy_batch"), dict(norm="ghost_batch")):
         assert stack_key(base.replace(**change)) is None, change
     assert stack_key(base.replace(width=32)) != stack_key(base)
     assert not Trainer(comparison(["variants=a,b", "b.optimizer=adam"])).batched

@@ -280,7 +280,7 @@ def test_smoothness_loss_range_is_nonnegative_and_beta_finite_in_float32():
 
 # -- the model is left alone --------------------------------------------------------------------
 
-@pytest.mark.parametrize("norm", ["none", "batch", "batch_renorm", "noisy_batch"])
+@pytest.mark.parametrize("norm", ["none", "batch", "batch_renorm", "noisy_batch", "ghost_batch"])
 def test_model_is_unchanged_by_ics_and_smoothness(norm):
     noise = torch.Generator().manual_seed(5)
     cfg = RunConfig(dataset="spiral", depth=3, width=16, norm=norm, dropout=0.2, renorm_warmup=0)

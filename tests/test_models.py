@@ -9,7 +9,7 @@ from torch import nn
 from bnviz import data
 from bnviz.config import RunConfig
 from bnviz.models import OUTPUT, Block, build_model, hidden_names, weight_of
-from bnviz.norms import BatchRenorm, NoisyBatchNorm
+from bnviz.norms import BatchRenorm, GhostBatchNorm, NoisyBatchNorm
 
 IMAGE = (1, 28, 28)
 
@@ -127,7 +127,7 @@ def test_normal_init_has_the_configured_std():
 
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
-@pytest.mark.parametrize("norm", ["batch", "layer", "group", "batch_renorm", "noisy_batch"])
+@pytest.mark.parametrize("norm", ["batch", "layer", "group", "batch_renorm", "noisy_batch", "ghost_batch"])
 def test_bias_dropped_before_norm_and_kept_after(model, norm):
     before = build_model(RunConfig(model=model, depth=2, width=8, norm=norm, placement="before"), IMAGE, 10)
     after = build_model(RunConfig(model=model, depth=2, width=8, norm=norm, placement="after"), IMAGE, 10)
@@ -148,6 +148,7 @@ def test_plain_net_keeps_its_biases(model):
     ("group", nn.GroupNorm, nn.GroupNorm),
     ("batch_renorm", BatchRenorm, BatchRenorm),
     ("noisy_batch", NoisyBatchNorm, NoisyBatchNorm),
+    ("ghost_batch", GhostBatchNorm, GhostBatchNorm),
     ("none", nn.Identity, nn.Identity),
 ])
 def test_norm_switch_builds_the_right_module(norm, mlp_type, cnn_type):
@@ -159,6 +160,12 @@ def test_norm_switch_builds_the_right_module(norm, mlp_type, cnn_type):
 def test_bn_uses_configured_eps_and_momentum():
     net = build_model(RunConfig(depth=1, width=8, norm="batch", bn_eps=1e-3, bn_momentum=0.3), IMAGE, 10)
     assert net.hidden[0].norm.eps == 1e-3 and net.hidden[0].norm.momentum == 0.3
+
+
+def test_ghost_bn_uses_configured_ghost_size_eps_and_momentum():
+    cfg = RunConfig(depth=1, width=8, norm="ghost_batch", ghost_size=5, bn_eps=1e-3, bn_momentum=0.3)
+    norm = build_model(cfg, IMAGE, 10).hidden[0].norm
+    assert (norm.ghost_size, norm.eps, norm.momentum) == (5, 1e-3, 0.3)
 
 
 @pytest.mark.parametrize("depth", [1, 2, 4])

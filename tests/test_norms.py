@@ -1,4 +1,5 @@
-"""Tests for bnviz.norms: BatchRenorm (Ioffe 2017) and NoisyBatchNorm (Santurkar 2018)."""
+"""Tests for bnviz.norms: BatchRenorm (Ioffe 2017), NoisyBatchNorm (Santurkar 2018) and
+GhostBatchNorm (Hoffer 2017)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from bnviz.errors import ConfigError
-from bnviz.norms import BatchRenorm, NoisyBatchNorm
+from bnviz.norms import BatchRenorm, GhostBatchNorm, NoisyBatchNorm
 
 C = 3
 SHAPES = [pytest.param((16, C), id="2d"), pytest.param((8, C, 5, 4), id="4d")]
@@ -417,8 +418,83 @@ def test_noisy_bn_rejects_wrong_dimensionality():
         _noisy(0)(torch.randn(4, C + 1, 2, 2))
 
 
+# --------------------------------------------------------------------------- GhostBatchNorm
+
+
+def _ghost_pair(shape, ghost_size, momentum=0.1):
+    ghost = GhostBatchNorm(C, ghost_size=ghost_size, momentum=momentum, eps=1e-3)
+    _randomize_affine(ghost, 20)
+    bn = _torch_bn(shape, momentum=momentum, eps=1e-3)
+    bn.load_state_dict(ghost.state_dict())
+    return ghost, bn
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("n, ghost_size, parts", [(16, 4, [4, 4, 4, 4]), (16, 5, [6, 5, 5]), (9, 4, [5, 4]),
+                                                  (50, 3, [4, 4, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3])])
+@pytest.mark.parametrize("momentum", [0.3, None])
+def test_ghost_bn_normalizes_each_ghost_batch_by_its_own_statistics_in_order(shape, n, ghost_size, parts, momentum):
+    # Each ghost batch's output, values and gradients, is torch's BatchNorm of that slice
+    # alone; the running statistics take one update per ghost batch, in order (momentum None:
+    # their cumulative average).
+    shape = (n, *shape[1:])
+    ghost, bn = _ghost_pair(shape, ghost_size, momentum=momentum)
+    x = (torch.randn(shape, generator=torch.Generator().manual_seed(1)) * 2 + 1).requires_grad_()
+    w = torch.randn(shape, generator=torch.Generator().manual_seed(2))
+    (ghost(x) * w).sum().backward()
+    grads = (x.grad.clone(), ghost.weight.grad.clone(), ghost.bias.grad.clone())
+    x.grad = None
+    y_parts = [bn(part) for part in x.split(parts)]
+    (torch.cat(y_parts) * w).sum().backward()
+    torch.testing.assert_close(grads[0], x.grad)
+    torch.testing.assert_close(grads[1], bn.weight.grad)
+    torch.testing.assert_close(grads[2], bn.bias.grad)
+    with torch.no_grad():
+        torch.testing.assert_close(ghost(x), torch.cat([bn(p) for p in x.split(parts)]))
+    torch.testing.assert_close(ghost.running_mean, bn.running_mean)
+    torch.testing.assert_close(ghost.running_var, bn.running_var)
+    assert int(ghost.num_batches_tracked) == int(bn.num_batches_tracked) == 2 * len(parts)
+    # and the ghost batches differ from one batch: the statistics really are per slice
+    bn_whole = _torch_bn(shape, eps=1e-3)
+    bn_whole.load_state_dict(ghost.state_dict())
+    assert not torch.allclose(ghost(x), bn_whole(x), atol=1e-3)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_ghost_bn_of_a_batch_under_two_ghosts_and_in_eval_mode_is_torch_batchnorm_bit_for_bit(shape):
+    ghost, bn = _ghost_pair(shape, ghost_size=shape[0] // 2 + 1)  # 16 or 8 rows: one ghost batch
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(3)) * 3 - 1
+    assert torch.equal(ghost(x), bn(x))
+    assert torch.equal(ghost.running_var, bn.running_var)
+    ghost.eval()
+    bn.eval()
+    small = GhostBatchNorm(C, ghost_size=2, eps=1e-3)
+    small.load_state_dict(ghost.state_dict())
+    small.eval()
+    assert torch.equal(ghost(x), bn(x)) and torch.equal(small(x), bn(x))  # eval: running statistics only
+
+
+def test_ghost_bn_state_dict_is_interchangeable_with_torch_batchnorm():
+    ghost = GhostBatchNorm(C, ghost_size=2)
+    ghost(torch.randn(6, C))
+    assert set(ghost.state_dict()) == set(nn.BatchNorm2d(C).state_dict())
+    nn.BatchNorm1d(C).load_state_dict(ghost.state_dict())
+
+
+@pytest.mark.parametrize("kwargs", [{"ghost_size": 1}, {"ghost_size": 0}, {"ghost_size": 2.5}, {"ghost_size": True},
+                                    {"momentum": 0.0}, {"eps": 0.0}])
+def test_ghost_bn_rejects_bad_config_with_config_error(kwargs):
+    with pytest.raises(ConfigError, match=next(iter(kwargs))):
+        GhostBatchNorm(C, **kwargs)
+
+
+def test_ghost_bn_rejects_wrong_channel_count():
+    with pytest.raises(ConfigError, match="channels"):
+        GhostBatchNorm(C, ghost_size=2)(torch.randn(4, C + 1))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_both_modules_run_on_cuda_with_a_cpu_generator():
+def test_the_modules_run_on_cuda_with_a_cpu_generator():
     x = torch.randn(8, C, 4, 4, device="cuda")
     brn = BatchRenorm(C, warmup_steps=0, rmax_ramp_end=1, dmax_ramp_end=1).cuda()
     assert brn(x).device == x.device
@@ -428,3 +504,5 @@ def test_both_modules_run_on_cuda_with_a_cpu_generator():
     ref = _noisy(0)
     ref(x.cpu())
     torch.testing.assert_close(noisy.last_shift.cpu(), ref.last_shift)
+    ghost = GhostBatchNorm(C, ghost_size=2).cuda()
+    assert ghost(x).device == x.device and int(ghost.num_batches_tracked) == 4

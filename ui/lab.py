@@ -40,7 +40,7 @@ LR_GRID = [round(m * 10.0 ** e, 6) for e in range(-4, 2) for m in (1, 2, 5)] + [
 # Short enough for a variant's row in the sidebar (normalization beside its placement).
 NORM_LABELS = {**NORM_NAMES, "none": "none", "batch_renorm": "Renorm"}
 VARIANT_NAMES = {"none": "plain", "batch": "bn", "layer": "layer", "group": "group",
-                 "batch_renorm": "renorm", "noisy_batch": "noisy"}
+                 "batch_renorm": "renorm", "noisy_batch": "noisy", "ghost_batch": "ghost"}
 CUSTOM = "(custom)"
 
 
@@ -223,6 +223,9 @@ def variants_ui() -> None:
             st.selectbox("placement", PLACEMENTS, key=key, disabled=cfg.norm == "none",
                          on_change=_variant_change, args=(name, "placement", key))
         _field_error(f"{name}.norm")
+    if any(cfg.norm == "ghost_batch" for cfg in cmp.variants.values()):  # its one setting, shown when used
+        _shared_widget("number", "ghost_size", "Ghost batch size", min_value=2, max_value=current_limits().max_batch,
+                       step=1)
     # Adding and removing get a row each (not a button per variant): a 300 px sidebar has no
     # room for a third column beside the normalization and its placement.
     c1, c2 = st.columns([5.5, 4.5], vertical_alignment="bottom")
