@@ -638,16 +638,33 @@ def shift_scores(snap: RunSnapshot) -> go.Figure:
 
 
 # the paper's Figure 1 -------------------------------------------------------------------
+def _figure1_pair(snap: RunSnapshot, plain: str, bn: str) -> tuple[str | None, str | None]:
+    """The variants Figure 1 compares: those named, else the first without normalization and the
+    first with batch norm (a link or --set may rename or drop them); None where there is none."""
+    def pick(name: str, norm: str) -> str | None:
+        if name in snap.variants:
+            return name
+        return next((n for n, v in snap.variants.items() if v.config.get("norm") == norm), None)
+    return pick(plain, "none"), pick(bn, "batch")
+
+
 def paper_figure1(snap: RunSnapshot, plain: str = "plain", bn: str = "bn") -> go.Figure:
     """Ioffe & Szegedy 2015, Fig. 1: (a) test accuracy; (b, c) the tracked last-layer unit's percentiles."""
-    cv = _Canvas(rows=1, cols=3, subplot_titles=("(a) test accuracy", f"(b) without BN ({plain})",
-                                                 f"(c) with BN ({bn})"), horizontal_spacing=0.08)
-    for name in (plain, bn):
+    plain, bn = _figure1_pair(snap, plain, bn)
+    cv = _Canvas(rows=1, cols=3, subplot_titles=("(a) test accuracy", f"(b) without BN ({plain or 'none here'})",
+                                                 f"(c) with BN ({bn or 'none here'})"), horizontal_spacing=0.08)
+    pair = [name for name in (plain, bn) if name is not None]
+    for name in pair:
         v = snap.variants[name]
         cv.add(dict(type="scatter", x=v.eval_steps, y=v.evals["test_acc"], name=name,
                     line=dict(color=variant_color(snap, name), width=2)), 1, 1)
     diverged = False
     for col, name in ((2, plain), (3, bn)):
+        ref = cv.grid[0][0][col - 1][0].trace_kwargs
+        if name is None:
+            cv.annotate(text="this run has no variant<br>" + ("without normalization" if col == 2 else "with batch norm"),
+                        showarrow=False, x=0.5, y=0.5, xref=f"{ref['xaxis']} domain", yref=f"{ref['yaxis']} domain")
+            continue
         v = snap.variants[name]
         i, last = _thin(len(v.steps)), len(v.layers) - 1
         for q, dash in ((15, "dot"), (50, "solid"), (85, "dot")):
@@ -659,16 +676,15 @@ def paper_figure1(snap: RunSnapshot, plain: str = "plain", bn: str = "bn") -> go
             diverged = True
             color = variant_color(snap, name)
             cv.vline(v.diverged_at, dict(color=color, dash="dot", width=2), 1, col)
-            ref = cv.grid[0][0][col - 1][0].trace_kwargs
             cv.annotate(font=dict(color=color), bgcolor="rgba(255,255,255,0.8)", showarrow=False,
                         text=f"diverged at step {v.diverged_at}",
                         x=v.diverged_at, xref=ref["xaxis"], xanchor="right", y=1, yref=f"{ref['yaxis']} domain",
                         yanchor="top")
-    acts = {snap.variants[n].config.get("activation") for n in (plain, bn)}
+    acts = {snap.variants[n].config.get("activation") for n in pair}
     cv.update_axes("y", col=1, title_text="test accuracy", rangemode="nonnegative")  # not -0.5 at one point
     cv.update_axes("y", col=2, title_text=f"{acts.pop()} input" if len(acts) == 1 else "input to nonlinearity")
-    if not diverged:  # one scale, as in the paper; but a net that blew up to 1e15 would flatten the other
-        cv.update_axes("y", col=3, matches="y2")
+    if not diverged and len(pair) == 2:  # one scale, as in the paper; but a net that blew up to 1e15
+        cv.update_axes("y", col=3, matches="y2")  # would flatten the other
     cv.step_axes()
     return cv.figure("Ioffe & Szegedy 2015, Figure 1, as measured by bnviz", 380)
 

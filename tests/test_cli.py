@@ -261,3 +261,16 @@ def test_a_preset_that_names_the_papers_figure_puts_it_in_the_report(capsys, tmp
     assert rc == 0, err
     html = (tmp_path / "o" / "report.html").read_text(encoding="utf-8")
     assert "Figure 1, as measured by bnviz" in html
+
+
+def test_a_preset_whose_variants_are_replaced_still_writes_its_report(capsys, tmp_path):
+    # quick-look's Figure 1 needs no variant called plain or bn: here it has none without
+    # normalization, and says so, where the report once ended in a KeyError traceback.
+    rc, out, err = main(capsys, "run", "--preset", "quick-look", "--steps", "30", "--set", "eval_every=10", "--quiet",
+                        "--set", "variants=bn,ghost", "--set", "bn.norm=batch", "--set", "ghost.norm=ghost_batch",
+                        "--out", str(tmp_path / "o"))
+    assert rc == 0, err
+    html = (tmp_path / "o" / "report.html").read_text(encoding="utf-8")
+    assert "Figure 1, as measured by bnviz" in html and "this run has no variant" in html
+    rows = (tmp_path / "o" / "metrics.csv").read_text(encoding="utf-8").splitlines()
+    assert any(r.startswith("ghost,30,") for r in rows)

@@ -253,6 +253,26 @@ def test_paper_figure1_scales_each_panel_alone_once_a_variant_diverged(plain_div
     assert fig.layout.xaxis2.dtick == 1 and fig.layout.xaxis3.dtick is None
 
 
+def test_paper_figure1_finds_its_pair_by_normalization_and_says_which_one_a_run_lacks(snap):
+    """A link or --set may rename or drop the preset's variants (variants=base,ghost): the figure
+    takes the first variant without normalization and the first with batch norm, and names the
+    one missing in its panel. Before, a KeyError: the CLI's report and the lab's chart crashed."""
+    plain, bn = snap.variants["plain"], snap.variants["bn"]
+    renamed = dataclasses.replace(snap, variants={
+        "ghost": dataclasses.replace(bn, name="ghost", config={**bn.config, "norm": "ghost_batch"}),
+        "base": dataclasses.replace(plain, name="base"), "bn2": dataclasses.replace(bn, name="bn2")})
+    fig = paper_figure1(renamed)
+    assert [a.text for a in fig.layout.annotations][:3] == ["(a) test accuracy", "(b) without BN (base)",
+                                                            "(c) with BN (bn2)"]
+    assert [t.name for t in fig.select_traces(row=1, col=1)] == ["base", "bn2"]
+    no_plain = dataclasses.replace(renamed, variants={k: renamed.variants[k] for k in ("ghost", "bn2")})
+    fig = paper_figure1(no_plain)
+    texts = [a.text for a in fig.layout.annotations]
+    assert texts[1] == "(b) without BN (none here)" and "this run has no variant<br>without normalization" in texts
+    assert len(list(fig.select_traces(row=1, col=2))) == 0 and len(list(fig.select_traces(row=1, col=3))) == 3
+    assert fig.layout.yaxis3.matches is None  # not tied to an empty panel's scale
+
+
 def test_paper_figure1_names_the_nonlinearity_the_units_feed(plain_diverged, snap):
     assert paper_figure1(snap).layout.yaxis2.title.text == "sigmoid input"
     assert paper_figure1(plain_diverged).layout.yaxis2.title.text == "relu input"
