@@ -119,6 +119,13 @@ def loss_start_end(v: VariantSnapshot, fraction: float = 0.05) -> tuple[float, f
     return float(loss[:k].mean()), float(loss[-k:].mean())
 
 
+def late_test_loss(v: VariantSnapshot, evals: int = 3) -> float:
+    """Mean test loss over the last ``evals`` evaluations (one evaluation's is noisy); beside
+    loss_start_end's end, how well a net that fits its training set generalizes."""
+    loss = v.evals["test_loss"]
+    return float(loss[-evals:].mean()) if len(loss) else float("nan")
+
+
 def grad_norm_ratio(v: VariantSnapshot, first: int = 0, last: int = -1) -> float:
     """Run mean of layer ``first``'s weight-gradient norm over the run mean of layer ``last``'s:
     how much smaller the early layers' gradients are (vanishing gradients: orders of

@@ -662,8 +662,9 @@ def paper_figure1(snap: RunSnapshot, plain: str = "plain", bn: str = "bn") -> go
     for col, name in ((2, plain), (3, bn)):
         ref = cv.grid[0][0][col - 1][0].trace_kwargs
         if name is None:
-            cv.annotate(text="this run has no variant<br>" + ("without normalization" if col == 2 else "with batch norm"),
-                        showarrow=False, x=0.5, y=0.5, xref=f"{ref['xaxis']} domain", yref=f"{ref['yaxis']} domain")
+            missing = "without normalization" if col == 2 else "with batch norm"
+            cv.annotate(text=f"this run has no variant<br>{missing}", showarrow=False, x=0.5, y=0.5,
+                        xref=f"{ref['xaxis']} domain", yref=f"{ref['yaxis']} domain")
             continue
         v = snap.variants[name]
         i, last = _thin(len(v.steps)), len(v.layers) - 1
@@ -805,6 +806,27 @@ def sweep_figure(result_rows: list[dict], field: str, log_x: bool = True,
                       legend=dict(orientation="v", xref="paper", yref="paper", yanchor="top", y=1, xanchor="left",
                                   x=1.02))
     return fig
+
+
+# Hoffer et al. 2017: fitting the training set vs testing well ------------------------------
+def generalization(snap: RunSnapshot) -> go.Figure:
+    """Train loss beside test loss and accuracy: the net that fits its training set best may not test best.
+
+    The test panels start at the first evaluation after step 0: the untrained net's loss
+    (about ln 10) would squeeze the later differences, a few hundredths, into a flat line.
+    """
+    cv = _Canvas(rows=1, cols=3, subplot_titles=("train loss", "test loss", "test accuracy"), horizontal_spacing=0.07)
+    for v in snap.variants.values():
+        color, i, later = variant_color(snap, v.name), _thin(len(v.steps)), v.eval_steps > 0
+        line = dict(name=v.name, legendgroup=v.name, line=dict(color=color, width=2))
+        cv.add(dict(type="scatter", x=v.steps[i], y=v.series["train_loss"][i], **line), 1, 1)
+        for col, metric in ((2, "test_loss"), (3, "test_acc")):
+            cv.add(dict(type="scatter", x=v.eval_steps[later], y=v.evals[metric][later], showlegend=False,
+                        mode="lines+markers", marker=dict(size=4), **line), 1, col)
+    cv.update_axes("y", col=1, type="log", title_text="loss (log)")
+    cv.step_axes()
+    _mark_events(cv, snap, 1, 3)
+    return cv.figure("Fitting the training set vs doing well on the test set", 360)
 
 
 # Santurkar et al. 2018: the ICS measure and the smoothness probes ------------------------

@@ -142,6 +142,23 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         sweep=("batch_size", (2, 4, 8, 16, 32, 64, 128, 256)),
     ),
     Preset(
+        name="ghost-bn",
+        title="Hoffer et al. 2017: Ghost BN, small-batch statistics inside a large batch",
+        note=("Predict: with 500 examples per batch, BN's mean and variance are nearly exact, so its noise is "
+              "gone. Ghost BN normalizes each slice of 25 examples by that slice's own statistics, as a batch of "
+              "25 would be. Which net fits the training set more tightly, and which does better on the test set? "
+              "2,000 SGD steps at lr 1.0 on the paper's network and the bundled MNIST subset (250 passes over it); "
+              "the paper trains ResNets on CIFAR and ImageNet with batches of 4,096 and ghost batches of 128."),
+        source=("Hoffer, Hubara, Soudry 2017, arXiv 1705.08741, section 4 (Ghost Batch Normalization); batch, ghost "
+                "size and learning rate chosen by bnviz"),
+        claim=("At a large batch, Ghost BN fits the training set less tightly than BN (a higher training loss) yet "
+               "does better on the test set (a lower test loss, accuracy as high or higher): the noise of "
+               "small-batch statistics regularizes."),
+        base=dict(_FIG1, dataset="mnist-mini", batch_size=500, lr=1.0, steps=2_000, eval_every=100, ghost_size=25),
+        variants={"bn": {"norm": "batch"}, "ghost": {"norm": "ghost_batch"}},
+        figures=("generalization",),
+    ),
+    Preset(
         name="conv",
         title="A small CNN with BatchNorm2d (per channel over N x H x W) vs none",
         note=("Predict: in a 4-layer CNN, BN normalizes each channel over the batch and all positions. "

@@ -278,6 +278,24 @@ def test_small_batch_bn_degrades_at_batch_2_while_layer_group_norm_and_renorm_ho
     assert min(gaps[2], gaps[4]) > gaps[32] and gaps[4] >= 0.1 and gaps[4] >= 3 * gaps[32], gaps
 
 
+@claim_test("ghost-bn")
+@pytest.mark.slow
+def test_ghost_bn_fits_the_training_set_less_tightly_than_bn_at_a_large_batch_yet_tests_better():
+    snap = train(shortened("ghost-bn", steps=1_000))  # 2,000 steps
+    bn, ghost = snap.variants["bn"], snap.variants["ghost"]
+    # Less tightly: the training loss over the last 5% of steps is 2.6-3.3x BN's (seeds 0-5), so 2x.
+    train_bn, train_ghost = claims.loss_start_end(bn)[1], claims.loss_start_end(ghost)[1]
+    assert train_ghost >= 2 * train_bn, (train_ghost, train_bn)
+    # Yet better on the test set: test loss over the last 3 evaluations lower by 0.008-0.043 (seeds
+    # 0-5; by 0.016-0.068 at the preset's 2,000 steps, seeds 0-4, as BN's test loss climbs).
+    assert claims.late_test_loss(ghost) < claims.late_test_loss(bn), (claims.late_test_loss(ghost),
+                                                                       claims.late_test_loss(bn))
+    # Accuracy as high or higher: final test accuracy ahead by 0.002-0.010 (seeds 0-5); one
+    # evaluation of 1,000 images moves by ~0.005, hence the slack.
+    assert claims.final_accuracy(ghost) >= claims.final_accuracy(bn) - 0.005, (claims.final_accuracy(ghost),
+                                                                              claims.final_accuracy(bn))
+
+
 # --------------------------------------------------------------------------- convolutions
 
 @claim_test("conv")

@@ -273,6 +273,23 @@ def test_paper_figure1_finds_its_pair_by_normalization_and_says_which_one_a_run_
     assert fig.layout.yaxis3.matches is None  # not tied to an empty panel's scale
 
 
+def test_generalization_puts_train_loss_beside_test_loss_and_accuracy_after_step_0(calm):
+    snap = calm
+    fig = figures.generalization(snap)
+    assert [a.text for a in fig.layout.annotations][:3] == ["train loss", "test loss", "test accuracy"]
+    assert [t.name for t in fig.data if t.showlegend is not False] == list(snap.variants)  # one legend entry each
+    for name, v in snap.variants.items():
+        later = v.eval_steps > 0
+        assert later.sum() >= 2 and not later.all()  # the fixture has a step-0 evaluation to leave out
+        (train,) = [t for t in fig.select_traces(row=1, col=1) if t.name == name]
+        assert np.asarray(train.x)[-1] == v.steps[-1]
+        for col, metric in ((2, "test_loss"), (3, "test_acc")):
+            (t,) = [t for t in fig.select_traces(row=1, col=col) if t.name == name]
+            assert np.array_equal(np.asarray(t.x), v.eval_steps[later])
+            assert np.array_equal(np.asarray(t.y), v.evals[metric][later])
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis2.type != "log"
+
+
 def test_paper_figure1_names_the_nonlinearity_the_units_feed(plain_diverged, snap):
     assert paper_figure1(snap).layout.yaxis2.title.text == "sigmoid input"
     assert paper_figure1(plain_diverged).layout.yaxis2.title.text == "relu input"
@@ -423,6 +440,7 @@ PAGE_CASES = (
     [(name, spec.build) for name in ("snap", "calm_with_lr_change", "empty", "deep", "long_run") for spec in FIGURES]
     + [(name, paper_figure1) for name in ("snap", "calm_with_lr_change", "empty", "long_run", "plain_diverged")]
     + [("landscape", build) for build in (figures.ics_figure, figures.smoothness_figure, figures.depth_growth)]
+    + [(name, figures.generalization) for name in ("snap", "empty", "long_run", "plain_diverged")]
 )
 
 
