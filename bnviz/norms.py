@@ -536,9 +536,9 @@ class GhostBatchNorm(_BatchNorm):
     Method described in the paper
     `Train longer, generalize better <https://arxiv.org/abs/1705.08741>`__ (Algorithm 1).
 
-    The paper trains with large mini-batches (4096 examples) but keeps the noise of small
-    batches' statistics (128 examples), which it finds regularizes, closing much of the
-    gap in test accuracy that large batches open. The mini-batch of :math:`N` examples is
+    The paper trains with large mini-batches (thousands of examples) but keeps the noise
+    of small batches' statistics (128 examples), which it finds regularizes, closing much
+    of the gap in test accuracy that large batches open. The mini-batch of :math:`N` examples is
     split in order into :math:`k = \max(1, \lfloor N / g \rfloor)` ghost batches of
     near-equal size (exactly :math:`g` = ``ghost_size`` each when :math:`g` divides
     :math:`N`; the paper requires that it does, this layer rounds instead, so that any

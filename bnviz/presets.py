@@ -148,7 +148,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
               "gone. Ghost BN normalizes each slice of 25 examples by that slice's own statistics, as a batch of "
               "25 would be. Which net fits the training set more tightly, and which does better on the test set? "
               "2,000 SGD steps at lr 1.0 on the paper's network and the bundled MNIST subset (250 passes over it); "
-              "the paper trains ResNets on CIFAR and ImageNet with batches of 4,096 and ghost batches of 128."),
+              "the paper trains ResNets on CIFAR and ImageNet with batches of thousands and ghost batches of 128."),
         source=("Hoffer, Hubara, Soudry 2017, arXiv 1705.08741, section 4 (Ghost Batch Normalization); batch, ghost "
                 "size and learning rate chosen by bnviz"),
         claim=("At a large batch, Ghost BN fits the training set less tightly than BN (a higher training loss) yet "
