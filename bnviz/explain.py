@@ -3,7 +3,8 @@
 Everything follows Ioffe & Szegedy 2015: Algorithm 1 (forward), section 3 (the backward
 formulas, computed here by hand and compared with torch autograd), section 3.1
 (population statistics at inference; BN as one affine map) and section 3.2 (convolutions:
-statistics per channel over N x H x W).
+statistics per channel over N x H x W). Also Ghost BN (Hoffer et al. 2017): BN over slices
+of the mini-batch, as bnviz.norms.GhostBatchNorm computes it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,27 @@ def forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1e-
     var = ((x - mean) ** 2).mean(axis=0)
     x_hat = (x - mean) / np.sqrt(var + eps)
     return Forward(mean, var, x_hat, gamma * x_hat + beta)
+
+
+@dataclass(frozen=True)
+class GhostForward:
+    parts: list[tuple[int, int]]  # each ghost batch's rows, [start, stop)
+    mean: np.ndarray  # (k, C) each ghost batch's mean
+    var: np.ndarray  # (k, C) each ghost batch's (biased) variance
+    y: np.ndarray  # (m, C) every row normalized by its own ghost batch, then scaled and shifted
+
+
+def ghost_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, ghost_size: int,
+                  eps: float = 1e-5) -> GhostForward:
+    """Ghost BN in training mode on x (m, C): the rows split, in order, into max(1, m // ghost_size)
+    ghost batches within one row of each other (the larger first), each through Algorithm 1 alone."""
+    x = np.asarray(x, dtype=np.float64)
+    sizes = [len(a) for a in np.array_split(np.arange(len(x)), max(1, len(x) // ghost_size))]
+    ends = np.cumsum(sizes)
+    parts = [(int(e - n), int(e)) for n, e in zip(sizes, ends)]
+    each = [forward(x[a:b], gamma, beta, eps) for a, b in parts]
+    return GhostForward(parts, np.stack([f.mean for f in each]), np.stack([f.var for f in each]),
+                        np.concatenate([f.y for f in each]))
 
 
 @dataclass(frozen=True)

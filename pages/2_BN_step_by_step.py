@@ -1,5 +1,6 @@
 """BN step by step: the transform on a mini-batch you can edit, train vs eval mode, BN at
-inference as one affine map, the conv case, and the backward pass by hand vs autograd."""
+inference as one affine map, the conv case, the backward pass by hand vs autograd, and
+ghost batches (BN over slices of the batch)."""
 
 import numpy as np
 import pandas as pd
@@ -138,3 +139,27 @@ st.dataframe(pd.DataFrame({"by hand": [hand.gamma.round(6).tolist(), hand.beta.r
 st.success(f"Largest absolute difference, by hand vs autograd: ∂ℓ/∂x {diff['x']:.1e}, ∂ℓ/∂γ {diff['gamma']:.1e}, "
            f"∂ℓ/∂β {diff['beta']:.1e}.", icon=":material/check:")
 st.caption("Note Σᵢ ∂ℓ/∂xᵢ = 0 for every feature: shifting the whole batch cannot change the normalized output.")
+
+st.header("7. Ghost batches: each slice of the batch normalized on its own")
+st.markdown("Ghost Batch Normalization (Hoffer et al. 2017) splits the mini-batch, in order, into *ghost* "
+            "batches of about the same size and normalizes each by its own μ and σ², with one γ and β for all. "
+            "At a large batch BN's statistics are nearly exact; ghost batches give back the noise of small "
+            "ones, which regularizes (the live lab's `ghost-bn` preset shows what that does to training).")
+if len(x) < 4:
+    st.info("Two ghost batches need at least four rows: add rows to the mini-batch.", icon=":material/info:")
+    st.stop()
+ghost_size = st.slider("ghost batch size", 2, len(x), 2, key="step.ghost_size",
+                       help="The batch splits into batch size // ghost batch size slices within one row of each other.")
+g = explain.ghost_forward(x, gamma, beta, ghost_size, eps)
+names = [f"ghost {j + 1} (rows {a}–{b - 1})" for j, (a, b) in enumerate(g.parts)]
+st.dataframe(pd.concat([table(g.mean, index=[f"μ, {n}" for n in names]),
+                        table(g.var, index=[f"σ², {n}" for n in names])]), width="stretch")
+show(batch_stages([Stage("x", "x", x), Stage("BN", "y, BN over the whole batch", f.y),
+                   Stage("Ghost BN", "y, Ghost BN: normalized by its own ghost batch", g.y)],
+                  FEATURES, "The same rows through BN and through Ghost BN"),
+     "step.ghost_chart")
+spans = ", ".join(f"rows {a}–{b - 1}" for a, b in g.parts)
+plural = "es" if len(g.parts) > 1 else ""
+st.caption(f"The {len(x)} rows make {len(g.parts)} ghost batch{plural} ({spans}). A row's Ghost BN output depends "
+           "on which slice it landed in, not only on the whole batch: that is the noise. With one ghost batch "
+           "(a ghost size over half the batch) the BN and Ghost BN ends are the same.")

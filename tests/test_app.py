@@ -253,7 +253,7 @@ def _chart_ys(at: AppTest) -> list[list[np.ndarray]]:
 def test_bn_step_by_step_draws_each_row_through_bn_and_in_both_modes_following_the_sliders():
     at = run_app("pages/2_BN_step_by_step.py")
     rows = 5  # the page's default mini-batch
-    forward, modes = _chart_ys(at)
+    forward, modes, _ = _chart_ys(at)
     assert len(forward) == len(modes) == 3 * rows
     x1 = np.array([1.0, 2.0, 3.0, 4.0, 6.0])  # feature 1 of the default batch
     x_hat = (x1 - x1.mean()) / np.sqrt(x1.var() + 1e-5)
@@ -263,8 +263,26 @@ def test_bn_step_by_step_draws_each_row_through_bn_and_in_both_modes_following_t
     at.sidebar.slider(key="step.gamma0").set_value(2.0)
     at.sidebar.slider(key="step.beta0").set_value(-1.0)
     at.slider(key="step.momentum").set_value(1.0).run()  # the running statistics are this batch's
-    forward, modes = _chart_ys(at)
+    forward, modes, _ = _chart_ys(at)
     np.testing.assert_allclose([t[2] for t in forward[:rows]], 2.0 * x_hat - 1.0, rtol=1e-12)
     # eval mode divides by the unbiased variance, m / (m - 1) times the batch's
     unbiased = (x1 - x1.mean()) / np.sqrt(x1.var() * rows / (rows - 1) + 1e-5)
     np.testing.assert_allclose([t[1] for t in modes[:rows]], 2.0 * unbiased - 1.0, rtol=1e-12)
+
+
+def test_bn_step_by_step_draws_ghost_batches_each_normalized_alone_and_one_ghost_as_bn():
+    at = run_app("pages/2_BN_step_by_step.py")
+    x1 = np.array([1.0, 2.0, 3.0, 4.0, 6.0])  # feature 1 of the default batch: ghosts of rows 0-2 and 3-4
+
+    def normalized(v):
+        return (v - v.mean()) / np.sqrt(v.var() + 1e-5)
+    *_, ghost = _chart_ys(at)
+    assert len(ghost) == 3 * 5  # a line per row and feature
+    np.testing.assert_allclose([t[1] for t in ghost[:5]], normalized(x1), rtol=1e-12)  # BN: the whole batch
+    np.testing.assert_allclose([t[2] for t in ghost[:5]], np.concatenate([normalized(x1[:3]), normalized(x1[3:])]),
+                               rtol=1e-12)
+    assert at.dataframe[-1].value.index[0] == "μ, ghost 1 (rows 0–2)"
+    at.slider(key="step.ghost_size").set_value(3).run()  # 5 // 3 = 1: one ghost batch, which is BN
+    *_, ghost = _chart_ys(at)
+    np.testing.assert_allclose([t[2] for t in ghost[:5]], [t[1] for t in ghost[:5]], rtol=1e-12)
+    assert not at.exception

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bnviz import explain
+from bnviz.norms import GhostBatchNorm
 
 RNG = np.random.default_rng(0)
 
@@ -79,3 +80,20 @@ def test_conv_statistics_are_per_channel_over_n_h_w():
     bn = torch.nn.BatchNorm2d(2, momentum=1.0, dtype=torch.float64).train()
     bn(torch.tensor(x))
     np.testing.assert_allclose(bn.running_mean.numpy(), mean, rtol=1e-12)
+
+
+@pytest.mark.parametrize("m, ghost_size, sizes", [(5, 2, [3, 2]), (7, 3, [4, 3]), (8, 2, [2, 2, 2, 2]), (5, 3, [5])])
+def test_ghost_forward_normalizes_each_slice_alone_as_the_engines_ghost_batch_norm_does(m, ghost_size, sizes):
+    x = RNG.normal(2.0, 3.0, size=(m, 3))
+    gamma, beta = np.array([1.5, 1.0, 2.0]), np.array([0.1, -1.0, 0.0])
+    g = explain.ghost_forward(x, gamma, beta, ghost_size)
+    assert [b - a for a, b in g.parts] == sizes and g.parts[0][0] == 0 and g.parts[-1][1] == m
+    for j, (a, b) in enumerate(g.parts):
+        alone = explain.forward(x[a:b], gamma, beta)
+        np.testing.assert_allclose(g.y[a:b], alone.y, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(g.mean[j], x[a:b].mean(axis=0), atol=1e-12)
+    engine = GhostBatchNorm(3, ghost_size=ghost_size).double()
+    with torch.no_grad():
+        engine.weight.copy_(torch.from_numpy(gamma))
+        engine.bias.copy_(torch.from_numpy(beta))
+        np.testing.assert_allclose(engine(torch.from_numpy(x)).numpy(), g.y, rtol=0, atol=1e-12)

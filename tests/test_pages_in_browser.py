@@ -89,7 +89,7 @@ def test_every_page_address_opens_that_page_in_the_app(app_server, page, address
 def test_bn_step_by_step_draws_the_mini_batch_through_bn_with_every_label_in_place(app_server, page):
     open_address(page, f"{app_server.url}/BN_step_by_step", "BN step by step")
     poll(lambda: page.evaluate("() => document.querySelectorAll('.js-plotly-plot .scatterlayer .trace').length"),
-         lambda n: n == 30, 30, "in each of its two charts a line per row and feature: 5 rows x 3 features")
+         lambda n: n == 45, 30, "in each of its three charts a line per row and feature: 5 rows x 3 features")
     assert_labels_fit(page)
     assert_labels_fit_narrow(page)
     screenshot(page, "pages-bn-step-by-step")
