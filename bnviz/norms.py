@@ -613,8 +613,9 @@ class GhostBatchNorm(_BatchNorm):
 
     def _equal_ghosts(self, input: Tensor, ghosts: int) -> Tensor:
         """``ghosts`` ghost batches of one size in one batch_norm call: ghost j's channel c becomes
-        feature j * C + c of a (g, ghosts * C, ...) batch. A call per ghost batch took 5x BN's
-        time at 20 ghosts of 25 (CPU, 100 features, forward and backward); this takes 2-3x."""
+        feature j * C + c of a (g, ghosts * C, ...) batch. At 20 ghosts of 25 (CPU, 100 features,
+        forward and backward) a call per ghost batch took 7.0x BN's time, this 2.6x
+        (python -m bench.ghost_bn; docs/PERFORMANCE.md, step 16)."""
         n, c, rest = input.shape[0], input.shape[1], input.shape[2:]
         g = n // ghosts
         wide = input.reshape(ghosts, g, c, *rest).transpose(0, 1).reshape(g, ghosts * c, *rest)

@@ -195,3 +195,12 @@ def test_proc_reads_a_processs_memory_in_kib_and_nothing_for_one_that_is_gone():
     assert set(rollup) == {"Rss", "Pss"} and 0 < rollup["Pss"] <= rollup["Rss"]
     assert 0.5 < rollup["Rss"] / rss < 2  # the same process, read twice: kB, not pages or bytes
     assert kib(2**22 + 1, "status", "VmRSS") == {}  # above Linux's largest pid
+
+
+def test_ghost_bn_bench_times_bn_and_both_ghost_bns_and_checks_they_agree(capsys):
+    from bench import ghost_bn
+    args = ["--batch", "12", "--features", "3", "--ghosts", "4", "5", "--calls", "1", "--rounds", "1"]
+    assert ghost_bn.main(args) == 0
+    out = capsys.readouterr().out
+    assert "ghost size 4 (3 ghost batches)" in out and "ghost size 5 (2 ghost batches)" in out
+    assert out.count("the two Ghost BNs agree: True") == 2
