@@ -141,9 +141,16 @@ def test_ghost_batch_size_shows_only_while_a_variant_uses_ghost_bn_and_sets_its_
     at.sidebar.selectbox(key="lab.w.bn.norm").set_value("ghost_batch").run()
     assert not at.exception and not at.error
     assert cmp(at).variants["bn"].norm == "ghost_batch"
+    assert "A batch of 60 splits into 3 ghost batches of 20." in [c.value for c in at.sidebar.caption]
     at.sidebar.number_input(key="lab.w.ghost_size").set_value(12).run()
     assert not at.exception and not at.error
     assert cmp(at).variants["bn"].ghost_size == 12 and at.query_params["ghost_size"] == "12"
+    assert "A batch of 60 splits into 5 ghost batches of 12." in [c.value for c in at.sidebar.caption]
+    at.sidebar.number_input(key="lab.w.ghost_size").set_value(40).run()  # one ghost batch: the sidebar says so
+    assert any(c.value.startswith("A batch of 60 is one ghost batch: Ghost BN is BN here") for c in at.sidebar.caption)
+    at.sidebar.number_input(key="lab.w.ghost_size").set_value(16).run()
+    at.sidebar.number_input(key="lab.w.batch_size").set_value(500).run()  # parts within one row, as tensor_split
+    assert "A batch of 500 splits into 31 ghost batches: 4 of 17, 27 of 16." in [c.value for c in at.sidebar.caption]
     at.sidebar.selectbox(key="lab.w.bn.norm").set_value("batch").run()
     assert not any(w.key == "lab.w.ghost_size" for w in at.sidebar.number_input)
 

@@ -223,9 +223,11 @@ def variants_ui() -> None:
             st.selectbox("placement", PLACEMENTS, key=key, disabled=cfg.norm == "none",
                          on_change=_variant_change, args=(name, "placement", key))
         _field_error(f"{name}.norm")
-    if any(cfg.norm == "ghost_batch" for cfg in cmp.variants.values()):  # its one setting, shown when used
+    ghost = next((cfg for cfg in cmp.variants.values() if cfg.norm == "ghost_batch"), None)
+    if ghost is not None:  # its one setting, shown when used
         _shared_widget("number", "ghost_size", "Ghost batch size", min_value=2, max_value=current_limits().max_batch,
                        step=1)
+        st.caption(_ghost_split(ghost.batch_size, ghost.ghost_size))
     # Adding and removing get a row each (not a button per variant): a 300 px sidebar has no
     # room for a third column beside the normalization and its placement.
     c1, c2 = st.columns([5.5, 4.5], vertical_alignment="bottom")
@@ -242,6 +244,20 @@ def variants_ui() -> None:
         st.button("Remove", key="lab.w.remove", on_click=once_per_click(_remove_picked),
                   disabled=len(cmp.variants) <= 1, width="stretch")
     _field_error("variants")
+
+
+def _ghost_split(batch: int, ghost_size: int) -> str:
+    """How Ghost BN splits a batch (bnviz.norms.GhostBatchNorm), in words for the sidebar."""
+    ghosts = max(1, batch // ghost_size)
+    if ghosts == 1 and batch < 4:
+        return f"A batch of {batch} is one ghost batch (two need 4 examples or more): Ghost BN is BN here."
+    if ghosts == 1:
+        return (f"A batch of {batch} is one ghost batch: Ghost BN is BN here. A ghost batch size of at most "
+                f"{batch // 2} splits it.")
+    q, r = divmod(batch, ghosts)
+    if not r:
+        return f"A batch of {batch} splits into {ghosts} ghost batches of {q}."
+    return f"A batch of {batch} splits into {ghosts} ghost batches: {r} of {q + 1}, {ghosts - r} of {q}."
 
 
 def _variant_change(name: str, field: str, key: str) -> None:
