@@ -84,12 +84,13 @@ def _even_rows(edges: np.ndarray, lo: float, hi: float, rows: int) -> np.ndarray
 
 
 # Margins that hold the page's axis labels and titles as Streamlit's theme draws them (larger
-# than plotly's own: the live page's charts needed l=68-85, b=66, and r=98 beside a colorbar).
+# than plotly's own: the live page's charts needed l=68-85, b=66, and r=124 beside a colorbar
+# whose title runs up its side).
 # With room enough, a chart's y axes at the left edge are the only ones left to plotly's
 # automargin (_fixed_margins): it measures every tick label of every axis it is on at each
 # redraw, and draws a chart twice whenever a margin must grow.
 MARGIN = dict(l=90, r=20, t=100, b=66)
-COLORBAR_MARGIN_R = 104
+COLORBAR_MARGIN_R = 124
 SWEEP_LEGEND_MARGIN_R = 140  # the sweep chart's legend column at least, for its "× = diverged" note
 # Step axes tick in SI units ("2k", "50k"): "10002000" ran together in a narrow column (Paper
 # Figure 1 when it stood beside its claims) and the heatmap's "3000" met the next panel's "0". Hover keeps
@@ -542,7 +543,9 @@ def histogram_heatmap(snap: RunSnapshot) -> go.Figure:
                          hovertemplate=f"{v.name} {layer}<br>step %{{x}}<br>value %{{y:.2f}}"
                                        "<br>density %{z:.3f}<extra></extra>")
             if trace["showscale"]:  # one colorbar for the grid; the other panels send none
-                trace["colorbar"] = dict(title=dict(text="density"), len=0.6)
+                # Its title beside the bar, not on top: a top tick at the bar's end (zmax 0.1005
+                # gave "0.1") raised its label into a title above the bar.
+                trace["colorbar"] = dict(title=dict(text="density", side="right"), len=0.6)
             zmax = float(np.quantile(dens, 0.99))
             if zmax:
                 trace["zmax"] = zmax

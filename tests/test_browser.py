@@ -128,6 +128,16 @@ def test_start_streams_data_into_every_chart(app_server, page):
     screenshot(page, "02-training-charts")
 
 
+def test_the_heatmaps_colorbar_title_clears_its_top_tick_label(app_server, page):
+    """At 1,600 steps of quick-look with one layer the density scale ends at 0.1005, a tick at the
+    bar's top whose label rose into the title set above the bar (found when CI paused a run
+    there). The title runs up the bar's side now."""
+    open_app(page, app_server, "preset=quick-look&depth=1&steps=1600")
+    button(page, "Start").click()
+    wait_progress(page, lambda p: p.state == "finished", "the 1,600-step run to finish", timeout=120)
+    assert_labels_fit(page)
+
+
 # 3 ---------------------------------------------------------------------------------------------
 def test_pause_stops_growth_and_start_resumes(app_server, page):
     open_app(page, app_server, LIGHT)
