@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from bnviz.norms import ghost_sizes
+
 
 @dataclass(frozen=True)
 class Forward:
@@ -42,10 +44,10 @@ class GhostForward:
 
 def ghost_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, ghost_size: int,
                   eps: float = 1e-5) -> GhostForward:
-    """Ghost BN in training mode on x (m, C): the rows split, in order, into max(1, m // ghost_size)
-    ghost batches within one row of each other (the larger first), each through Algorithm 1 alone."""
+    """Ghost BN in training mode on x (m, C): the rows split, in order, as GhostBatchNorm splits them
+    (bnviz.norms.ghost_sizes), and each ghost batch goes through Algorithm 1 alone."""
     x = np.asarray(x, dtype=np.float64)
-    sizes = [len(a) for a in np.array_split(np.arange(len(x)), max(1, len(x) // ghost_size))]
+    sizes = ghost_sizes(len(x), ghost_size)
     ends = np.cumsum(sizes)
     parts = [(int(e - n), int(e)) for n, e in zip(sizes, ends)]
     each = [forward(x[a:b], gamma, beta, eps) for a, b in parts]

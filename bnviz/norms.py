@@ -19,6 +19,8 @@ they create lives on the input's device and dtype.
 
 from __future__ import annotations
 
+from itertools import groupby
+
 import torch
 from torch import Tensor
 from torch.nn import Module, Parameter, init
@@ -26,13 +28,30 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnviz.errors import ConfigError
 
-__all__ = ["BatchRenorm", "GhostBatchNorm", "NoisyBatchNorm"]
+__all__ = ["BatchRenorm", "GhostBatchNorm", "NoisyBatchNorm", "ghost_sizes"]
 
 
 def _check_positive_int(name: str, value: object) -> None:
     # bool is an int subclass; ``BatchRenorm(True)`` is surely a mistake.
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{name}={value!r} is not allowed; expected an integer >= 1")
+
+
+def ghost_sizes(batch: int, ghost_size: int) -> list[int]:
+    """How Ghost BN splits a batch of ``batch`` examples, in order: into
+    ``max(1, batch // ghost_size)`` ghost batches within one example of each other, the larger
+    first (``torch.tensor_split``'s and ``numpy.array_split``'s parts). Defined once here for
+    :class:`GhostBatchNorm`, the step-by-step page (``bnviz.explain``) and the lab's caption.
+
+    Example:
+        >>> ghost_sizes(10, 3)
+        [4, 3, 3]
+        >>> ghost_sizes(7, 4)  # under two ghost batches' worth: one, and Ghost BN is BN
+        [7]
+    """
+    ghosts = max(1, batch // ghost_size)
+    q, r = divmod(batch, ghosts)
+    return [q + 1] * r + [q] * (ghosts - r)
 
 
 def _check_input(input: Tensor, num_features: int, cls_name: str) -> None:
@@ -600,16 +619,16 @@ class GhostBatchNorm(_BatchNorm):
 
     def forward(self, input: Tensor) -> Tensor:
         self._check_input_dim(input)
-        ghosts = max(1, input.shape[0] // self.ghost_size) if self.training else 1
-        if ghosts == 1:
+        sizes = ghost_sizes(input.shape[0], self.ghost_size) if self.training else [input.shape[0]]
+        if len(sizes) == 1:
             return super().forward(input)
-        # tensor_split's parts, in order: the first n mod k of q + 1 rows, the others of q.
-        # Each size is one batch_norm call (_equal_ghosts), so a step makes one or two.
-        q, r = divmod(input.shape[0], ghosts)
-        if r == 0:
-            return self._equal_ghosts(input, ghosts)
-        big = r * (q + 1)
-        return torch.cat([self._equal_ghosts(input[:big], r), self._equal_ghosts(input[big:], ghosts - r)])
+        # Each run of equal sizes is one batch_norm call (_equal_ghosts), so a step makes one or two.
+        outs, start = [], 0
+        for size, run in groupby(sizes):
+            count = len(list(run))
+            outs.append(self._equal_ghosts(input[start:start + size * count], count))
+            start += size * count
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def _equal_ghosts(self, input: Tensor, ghosts: int) -> Tensor:
         """``ghosts`` ghost batches of one size in one batch_norm call: ghost j's channel c becomes

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from bnviz.errors import ConfigError
-from bnviz.norms import BatchRenorm, GhostBatchNorm, NoisyBatchNorm
+from bnviz.norms import BatchRenorm, GhostBatchNorm, NoisyBatchNorm, ghost_sizes
 
 C = 3
 SHAPES = [pytest.param((16, C), id="2d"), pytest.param((8, C, 5, 4), id="4d")]
@@ -458,6 +458,17 @@ def test_ghost_bn_normalizes_each_ghost_batch_by_its_own_statistics_in_order(sha
     bn_whole = _torch_bn(shape, eps=1e-3)
     bn_whole.load_state_dict(ghost.state_dict())
     assert not torch.allclose(ghost(x), bn_whole(x), atol=1e-3)
+
+
+def test_ghost_sizes_are_tensor_splits_parts_of_the_batch_into_batch_over_ghost_size():
+    # The one split rule the layer, the step-by-step page and the lab's caption share.
+    for batch in range(1, 130):
+        for g in range(2, 40):
+            sizes = ghost_sizes(batch, g)
+            assert sizes == [len(p) for p in torch.arange(batch).tensor_split(max(1, batch // g))]
+            assert sum(sizes) == batch and max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+            assert (len(sizes) == 1) == (batch < 2 * g)
+    assert ghost_sizes(500, 25) == [25] * 20 and ghost_sizes(500, 16) == [17] * 4 + [16] * 27
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -33,6 +33,7 @@ from bnviz.errors import BnvizError
 from bnviz.figures import FIGURES, preset_figures
 from bnviz.limits import current as current_limits
 from bnviz.live import SPEEDS, Lab, session_lab
+from bnviz.norms import ghost_sizes
 from bnviz.trainer import resolve_device
 from ui.common import chart, downloads_ui, live_fragment, once_per_click, run_controls_ui
 
@@ -248,16 +249,18 @@ def variants_ui() -> None:
 
 def _ghost_split(batch: int, ghost_size: int) -> str:
     """How Ghost BN splits a batch (bnviz.norms.GhostBatchNorm), in words for the sidebar."""
-    ghosts = max(1, batch // ghost_size)
-    if ghosts == 1 and batch < 4:
+    sizes = ghost_sizes(batch, ghost_size)
+    if len(sizes) == 1 and batch < 4:
         return f"A batch of {batch} is one ghost batch (two need 4 examples or more): Ghost BN is BN here."
-    if ghosts == 1:
+    if len(sizes) == 1:
         return (f"A batch of {batch} is one ghost batch: Ghost BN is BN here. A ghost batch size of at most "
                 f"{batch // 2} splits it.")
-    q, r = divmod(batch, ghosts)
-    if not r:
-        return f"A batch of {batch} splits into {ghosts} ghost batches of {q}."
-    return f"A batch of {batch} splits into {ghosts} ghost batches: {r} of {q + 1}, {ghosts - r} of {q}."
+    big, small = sizes[0], sizes[-1]
+    if big == small:
+        return f"A batch of {batch} splits into {len(sizes)} ghost batches of {big}."
+    bigs = sizes.count(big)
+    return (f"A batch of {batch} splits into {len(sizes)} ghost batches: {bigs} of {big}, "
+            f"{len(sizes) - bigs} of {small}.")
 
 
 def _variant_change(name: str, field: str, key: str) -> None:
