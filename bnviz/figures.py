@@ -96,6 +96,9 @@ SWEEP_LEGEND_MARGIN_R = 140  # the sweep chart's legend column at least, for its
 # Figure 1 when it stood beside its claims) and the heatmap's "3000" met the next panel's "0". Hover keeps
 # the exact step, written as the progress line writes it ("3,000").
 STEP_TICKS = dict(tickformat="~s", hoverformat=",")
+# From this many columns on, a grid's panels are narrow (~70 px on a projector): its step axes
+# take at most 3 ticks and its panels at least this much space between them (_Canvas).
+NARROW_PANEL_COLS, NARROW_PANEL_SPACING = 5, 0.045
 
 
 # The title at the top left, the legend on a line of its own under it (both placed in pixels
@@ -104,6 +107,7 @@ STEP_TICKS = dict(tickformat="~s", hoverformat=",")
 # when it wrapped. Under it, a legend that wraps grows down into the top margin, which holds
 # two lines of it above the subplot titles.
 TITLE_TOP_PX, LEGEND_TOP_PX = 10, 38
+LEGEND_LINE_PX = 18  # a legend line's height beyond the first that MARGIN["t"] holds (measured: 13.5)
 
 
 def _layout_props(title: str, height: int) -> dict:
@@ -180,6 +184,8 @@ class _Canvas:
                  row_titles=None, column_titles=None, subplot_titles=None, vertical_spacing=None,
                  horizontal_spacing=None):
         t = lambda v: tuple(v) if v is not None else None  # noqa: E731
+        if cols >= NARROW_PANEL_COLS:  # room between one panel's last step tick and the next one's first
+            horizontal_spacing = max(horizontal_spacing or 0.0, NARROW_PANEL_SPACING)
         layout, self.grid = _grid(rows, cols, shared_xaxes, shared_yaxes, t(row_titles), t(column_titles),
                                   t(subplot_titles), vertical_spacing, horizontal_spacing)
         self.layout = copy.deepcopy(layout)
@@ -187,6 +193,7 @@ class _Canvas:
         self.data: list[dict] = []
         self.used: set[tuple[int, int]] = set()  # subplots that hold a trace
         self.step_keys: set[str] = set()  # layout keys of the x axes that count steps (step_axes)
+        self._notes: dict[tuple[int, int], int] = {}  # the last note's index in each panel (note)
 
     def add(self, trace: dict, row: int = 1, col: int = 1) -> None:
         trace.update(self.grid[0][row - 1][col - 1][0].trace_kwargs)
@@ -208,6 +215,10 @@ class _Canvas:
     def step_axes(self, title_row: int | None = None) -> None:
         """Every x axis counts steps (STEP_TICKS); titled "step" in ``title_row`` (every row when None)."""
         self.update_axes("x", **STEP_TICKS)
+        if self.cols >= NARROW_PANEL_COLS:
+            # ~110 px panels (six layers on a laptop): plotly ticked 0, 500, 1k, 1.5k, 2k there,
+            # labels a few px apart, read as one number. At most 3 ticks: 0, 1k, 2k.
+            self.update_axes("x", nticks=3)
         self.update_axes("x", row=title_row, title_text="step")
         self.step_keys = {self.grid[0][r][c][0].layout_keys[0] for r in range(self.rows) for c in range(self.cols)}
 
@@ -222,8 +233,27 @@ class _Canvas:
     def annotate(self, **props) -> None:
         self.layout.setdefault("annotations", []).append(props)
 
-    def figure(self, title: str, height: int, hovermode: str | None = None) -> go.Figure:
-        self.layout.update(_layout_props(title, height))
+    def note(self, text: str, x: float, row: int, col: int, color: str) -> None:
+        """``text`` at step ``x``, inside the top of panel (row, col), beside the line drawn there:
+        right of it in the first half of the panel's steps, left of it in the second. Above the
+        grid it ran into the column titles of narrow panels ("plain diverged" over "hidden1").
+        Notes in one panel stack downwards."""
+        ref = self.grid[0][row - 1][col - 1][0].trace_kwargs
+        column = {self.grid[0][r][col - 1][0].trace_kwargs["xaxis"] for r in range(self.rows)}
+        xs = [np.asarray(t["x"]) for t in self.data if t.get("xaxis", "x") in column and len(t.get("x", ()))]
+        lo, hi = (min(float(v.min()) for v in xs), max(float(v.max()) for v in xs)) if xs else (x, x)
+        left = x > (lo + hi) / 2
+        self._notes[(row, col)] = nth = self._notes.get((row, col), -1) + 1
+        self.annotate(text=text, font=dict(color=color, size=12), bgcolor="rgba(255,255,255,0.8)", showarrow=False,
+                      x=x, xref=ref["xaxis"], xanchor="right" if left else "left", xshift=-3 if left else 3,
+                      y=1, yref=f"{ref['yaxis']} domain", yanchor="top", yshift=-18 * nth)
+
+    def figure(self, title: str, height: int, hovermode: str | None = None, legend_lines: int = 1) -> go.Figure:
+        """The figure, ``height`` px tall; ``legend_lines``: the lines its legend may wrap to on a
+        narrow screen beyond what MARGIN holds (one), each given room above the plots."""
+        extra = LEGEND_LINE_PX * (legend_lines - 1)
+        self.layout.update(_layout_props(title, height + extra))
+        self.layout["margin"]["t"] += extra
         self.layout["template"] = _template()
         _fixed_margins(self.layout, colorbar=any(t.get("type") == "heatmap" and t.get("showscale", True)
                                                  for t in self.data))
@@ -399,23 +429,25 @@ def _typed_array(v: np.ndarray):
     return spec
 
 
-def _mark_events(canvas: _Canvas, snap: RunSnapshot, rows: int, cols: int, only: str | None = None) -> None:
-    """Dotted lines where a variant diverged; grey ones where the learning rate changed."""
+def _mark_events(canvas: _Canvas, snap: RunSnapshot, rows: int, cols: int,
+                 panel: Callable[[str], tuple[int, int]] = lambda name: (1, 1)) -> None:
+    """Dotted lines where a variant diverged; grey ones where the learning rate changed. Each
+    is named once, in the panel ``panel(variant)`` (the first by default) or, for a change to
+    every variant, the first."""
     for v in snap.variants.values():
-        if v.diverged_at is not None and (only is None or only == v.name):
+        if v.diverged_at is not None:
+            color = variant_color(snap, v.name)
             for r in range(1, rows + 1):
                 for c in range(1, cols + 1):
-                    canvas.vline(v.diverged_at, dict(color=variant_color(snap, v.name), dash="dot", width=2), r, c)
-            canvas.annotate(font=dict(color=variant_color(snap, v.name)), showarrow=False, text=f"{v.name} diverged",
-                            x=v.diverged_at, xanchor="left", xref="x", y=1, yanchor="bottom", yref="paper")
+                    canvas.vline(v.diverged_at, dict(color=color, dash="dot", width=2), r, c)
+            canvas.note(f"{v.name} diverged", v.diverged_at, *panel(v.name), color)
     for e in snap.events:
         if e.text.startswith("lr"):
             for r in range(1, rows + 1):
                 for c in range(1, cols + 1):
                     canvas.vline(e.step, dict(color="#888", dash="dash", width=1), r, c)
-            canvas.annotate(font=dict(color="#666", size=11), showarrow=False,
-                            text=e.text + (f" ({e.variant})" if e.variant else ""), x=e.step, xref="x", y=1,
-                            yanchor="bottom", yref="paper")
+            where = panel(e.variant) if e.variant in snap.variants else (1, 1)
+            canvas.note(e.text + (f" ({e.variant})" if e.variant else ""), e.step, *where, "#666")
 
 
 def _layers(snap: RunSnapshot) -> list[str]:
@@ -485,10 +517,14 @@ def percentile_bands(snap: RunSnapshot, unit: bool = False) -> go.Figure:
                         legendgroup="median", showlegend=first,
                         hovertemplate=f"{v.name} {layer}<br>step %{{x}}<br>median %{{y:.3f}}<extra></extra>"), r, c)
     what = "tracked unit" if unit else "whole layer"
-    cv.update_axes("y", matches="y")  # one scale for every variant: a wide band must look wide
+    # One scale for every variant: a wide band must look wide. But a variant that diverged
+    # gets its own: its last percentiles, at 1e18, drew every other row as a flat line at 0.
+    calm = [r for r, v in enumerate(snap.variants.values(), start=1) if v.diverged_at is None]
+    for r in calm[1:] if len(calm) < len(names) else range(1, len(names) + 1):
+        cv.update_axes("y", row=r, matches=cv.grid[0][calm[0] - 1 if calm else 0][0][0].trace_kwargs["yaxis"])
     cv.update_axes("y", col=1, title_text="input to nonlinearity")
     cv.step_axes(title_row=len(names))
-    _mark_events(cv, snap, len(names), len(layers))
+    _mark_events(cv, snap, len(names), len(layers), panel=lambda name: (names.index(name) + 1, 1))
     return cv.figure(f"Pre-activation percentiles over time ({what}){shown}", 180 + 190 * len(names))
 
 
@@ -525,6 +561,10 @@ def histogram_heatmap(snap: RunSnapshot) -> go.Figure:
     viridis = _colorscale("Viridis")
     for r, v in enumerate(snap.variants.values(), start=1):
         if not len(v.hist_steps):
+            if v.diverged_at is not None:  # an empty row says why
+                ref = cv.grid[0][r - 1][0][0].trace_kwargs
+                cv.annotate(text=f"{v.name}: no histogram before it diverged", showarrow=False, x=0.5, xref="paper",
+                            y=0.5, yref=f"{ref['yaxis']} domain", font=dict(color=variant_color(snap, v.name)))
             continue
         # The bins are asinh-spaced (probes.HIST_EDGES); the rows are equal (see _every_kth),
         # as many as the bins in [lo, hi], so the bytes sent stay those of the bins. A row's
@@ -553,11 +593,17 @@ def histogram_heatmap(snap: RunSnapshot) -> go.Figure:
     cv.update_axes("y", range=[lo, hi])
     cv.update_axes("y", col=1, title_text="input to nonlinearity")
     cv.step_axes(title_row=len(names))
-    _mark_events(cv, snap, len(names), len(layers))
+    _mark_events(cv, snap, len(names), len(layers), panel=lambda name: (names.index(name) + 1, 1))
     return cv.figure(f"Distribution of each layer over time{shown}", 180 + 190 * len(names), hovermode="closest")
 
 
 # 4. current distribution ----------------------------------------------------------------
+def _nice_below(x: float) -> float:
+    """The largest 1, 2 or 5 times a power of ten that is at most ``x`` (> 0)."""
+    e = 10.0 ** np.floor(np.log10(x))
+    return float(max(m * e for m in (1, 2, 5) if m * e <= x))
+
+
 def current_distribution(snap: RunSnapshot) -> go.Figure:
     layers, shown = _panel_layers(snap)
     lo, hi = _display_range(snap)
@@ -576,7 +622,14 @@ def current_distribution(snap: RunSnapshot) -> go.Figure:
             cv.add(dict(type="scatter", x=centers[keep], y=dens, name=v.name, legendgroup=v.name, showlegend=(c == 1),
                         fill="tozeroy", fillcolor=_alpha(color, 0.2), line=dict(color=color, width=2, shape="hvh")),
                    1, c)
-    cv.update_axes("x", range=[lo, hi], title_text="input to nonlinearity")
+    if len(layers) < NARROW_PANEL_COLS:
+        cv.update_axes("x", range=[lo, hi], title_text="input to nonlinearity")
+    else:
+        # Narrow panels: "-2 0 2" ran together; the axis title, under each panel, into the next one's.
+        k = _nice_below(0.75 * hi)
+        cv.update_axes("x", range=[lo, hi], tickvals=[-k, 0, k], ticktext=[f"−{k:g}", "", f"{k:g}"])
+        cv.annotate(text="input to nonlinearity", showarrow=False, x=0.5, xref="paper", y=0, yref="paper",
+                    yanchor="top", yshift=-24, font=dict(size=14))
     cv.update_axes("y", col=1, title_text="density")
     step = max((int(v.hist_steps[-1]) for v in snap.variants.values() if len(v.hist_steps)), default=0)
     return cv.figure(f"Distribution of each layer now (step {step}){shown}", 320, hovermode="closest")
@@ -585,20 +638,29 @@ def current_distribution(snap: RunSnapshot) -> go.Figure:
 # 5, 6. gradient norms and update ratios ---------------------------------------------------
 def _per_layer_lines(snap: RunSnapshot, metric: str, title: str, log: bool = True) -> go.Figure:
     names = list(snap.variants)
+    # The layers of the other charts' panels: a line and a colour each for 20 layers made a
+    # legend of three lines (five on a projector) over the subplot titles, and the palette's
+    # 10 colours gave hidden1 and hidden11 the same one.
+    layers, shown = _panel_layers(snap)
     cv = _Canvas(rows=1, cols=len(names), shared_yaxes=True, subplot_titles=names, horizontal_spacing=0.04)
     for c, v in enumerate(snap.variants.values(), start=1):
         i = _thin(len(v.steps))
         ys = v.series[metric][i]
         if log:
             ys = np.where(ys > 0, ys, np.nan)
-        for j, layer in enumerate(v.layers):
-            cv.add(dict(type="scatter", x=v.steps[i], y=np.ascontiguousarray(ys[:, j]), name=layer, legendgroup=layer, showlegend=(c == 1),
-                        line=dict(color=LAYER_PALETTE[j % len(LAYER_PALETTE)], width=2)), 1, c)
+        for k, layer in enumerate(layers):
+            if layer not in v.layers:
+                continue
+            j = v.layers.index(layer)
+            cv.add(dict(type="scatter", x=v.steps[i], y=np.ascontiguousarray(ys[:, j]), name=layer, legendgroup=layer,
+                        showlegend=(c == 1), line=dict(color=LAYER_PALETTE[k % len(LAYER_PALETTE)], width=2)), 1, c)
     cv.update_axes("y", type="log" if log else "linear")
     cv.update_axes("y", col=1, title_text=LABELS[metric])
     cv.step_axes()
-    _mark_events(cv, snap, 1, len(names))
-    return cv.figure(title, 340)
+    _mark_events(cv, snap, 1, len(names), panel=lambda name: (1, names.index(name) + 1))
+    # 5 or 6 layers wrap to a second legend line on a projector (1024 px, sidebar open), which
+    # ran into the subplot titles and made plotly grow the top margin at every refresh.
+    return cv.figure(title + shown, 340, legend_lines=1 + (len(layers) >= NARROW_PANEL_COLS))
 
 
 def grad_norms(snap: RunSnapshot) -> go.Figure:
@@ -637,7 +699,7 @@ def shift_scores(snap: RunSnapshot) -> go.Figure:
     cv.update_axes("y", col=1, type="log", title_text="W1 shift (log)")
     cv.step_axes()
     _mark_events(cv, snap, 1, len(layers))
-    return cv.figure(f"Covariate shift score: how far each layer's input distribution moved{shown}", 320)
+    return cv.figure(f"Covariate shift score: how far each layer's input moved{shown}", 320)
 
 
 # the paper's Figure 1 -------------------------------------------------------------------
@@ -680,10 +742,7 @@ def paper_figure1(snap: RunSnapshot, plain: str = "plain", bn: str = "bn") -> go
             diverged = True
             color = variant_color(snap, name)
             cv.vline(v.diverged_at, dict(color=color, dash="dot", width=2), 1, col)
-            cv.annotate(font=dict(color=color), bgcolor="rgba(255,255,255,0.8)", showarrow=False,
-                        text=f"diverged at step {v.diverged_at}",
-                        x=v.diverged_at, xref=ref["xaxis"], xanchor="right", y=1, yref=f"{ref['yaxis']} domain",
-                        yanchor="top")
+            cv.note(f"diverged at step {v.diverged_at}", v.diverged_at, 1, col, color)
     acts = {snap.variants[n].config.get("activation") for n in pair}
     cv.update_axes("y", col=1, title_text="test accuracy", rangemode="nonnegative")  # not -0.5 at one point
     cv.update_axes("y", col=2, title_text=f"{acts.pop()} input" if len(acts) == 1 else "input to nonlinearity")
@@ -892,8 +951,10 @@ def depth_growth(snap: RunSnapshot) -> go.Figure:
     profiles = snapshot_profiles(snap)
     names = list(profiles)
     cols = max(2, len(names))
-    titles = (["activation mean by depth", "activation variance by depth"] + [""] * (cols - 2)
-              + [f"{n}: output gradient (similarity {p.similarity:.2f})" for n, p in profiles.items()]
+    # Titles short enough for panels ~170 px wide (a projector, sidebar open): longer ones ran
+    # into each other. The axes and the colorbar's "dL/dz" say the rest.
+    titles = (["activation mean", "activation variance"] + [""] * (cols - 2)
+              + [f"{n} (similarity {p.similarity:.2f})" for n, p in profiles.items()]
               + [""] * (cols - len(names)))
     cv = _Canvas(rows=2, cols=cols, subplot_titles=titles, vertical_spacing=0.2, horizontal_spacing=0.08)
     rdbu = _colorscale("RdBu")
@@ -909,10 +970,11 @@ def depth_growth(snap: RunSnapshot) -> go.Figure:
                 "y": np.arange(n_classes), "customdata": np.broadcast_to(p.labels, p.grad.shape),
                 "colorscale": rdbu, "reversescale": True,  # red: the loss pushes that logit down
                 "zmin": -1, "zmax": 1, "zmid": 0,  # p - onehot(y) lies in [-1, 1]: one scale for every variant
-                "showscale": c == len(names), "colorbar": {"title": {"text": "dL/dz"}, "len": 0.4, "y": 0.2},
+                "showscale": c == len(names),
+                "colorbar": {"title": {"text": "dL/dz", "side": "right"}, "len": 0.4, "y": 0.2},
                 "hovertemplate": f"{name}: image %{{x}}, label %{{customdata}}<br>class %{{y}}: dL/dz %{{z:.3f}}"
                                  "<extra></extra>"}, 2, c)
-        cv.update_axes("x", row=2, col=c, title_text="image of the run's first batch")
+        cv.update_axes("x", row=2, col=c, title_text="image of the first batch")
         cv.update_axes("y", row=2, col=c, dtick=1)
     cv.update_axes("y", row=2, col=1, title_text="class")
     for col in (1, 2):
@@ -926,7 +988,7 @@ def depth_growth(snap: RunSnapshot) -> go.Figure:
     if not names:
         cv.annotate(text="no configuration recorded for any variant (a run read back from metrics.csv?)",
                     showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
-    return cv.figure("Bjorck et al. 2018, at initialization: activations by depth, output gradients by image", 760,
+    return cv.figure("Bjorck et al. 2018, at initialization: growth with depth, gradient by image", 760,
                      hovermode="closest")
 
 

@@ -382,9 +382,10 @@ LABEL_GAP_PX = 8  # closer than this, two subplots' end ticks read as one number
 
 def crowded_labels(page: Page) -> list[tuple[str, str]]:
     """(chart title, label) of each axis title or tick label of a live chart that the chart's
-    margins do not hold: past the chart's edge (cut off), an axis title over tick labels
-    (plotly keeps a title inside the chart when the margin is too small for it), or a tick
-    label within LABEL_GAP_PX of another on the same line (neighbouring subplots' axes)."""
+    margins do not hold: past the chart's edge (cut off; the chart's own title too), an axis
+    title over tick labels (plotly keeps a title inside the chart when the margin is too small
+    for it), or a tick label within LABEL_GAP_PX of another on the same line (neighbouring
+    subplots' axes)."""
     return [tuple(c) for c in page.evaluate(f"""(gap) => ({_LIVE})('.js-plotly-plot').flatMap(d => {{
         const box = d.querySelector('.main-svg').getBoundingClientRect();
         const rect = (els) => Array.from(els).map(t => [t.textContent, t.getBoundingClientRect()])
@@ -398,7 +399,8 @@ def crowded_labels(page: Page) -> list[tuple[str, str]]:
                                r.top < box.top - 0.5 || r.bottom > box.bottom + 0.5;
         const near = (a, b) => a !== b && meet({{left: a.left - gap, right: a.right + gap,
                                                   top: a.top, bottom: a.bottom}}, b);
-        return [...titles, ...ticks].filter(out)
+        const heads = rect(d.querySelectorAll('.gtitle'));  // the chart's own title: cut off at a narrow width
+        return [...titles, ...ticks, ...heads].filter(out)
           .concat(titles.filter(([, r]) => ticks.some(([, q]) => meet(r, q))))
           .concat(ticks.filter(([, r]) => ticks.some(([, q]) => near(r, q))))
           .map(([text]) => [d.layout.title.text, text]); }})""", LABEL_GAP_PX)]
@@ -416,6 +418,17 @@ def overlapping_headers(page: Page) -> list[tuple[str, str]]:
           .map(t => [d.layout.title.text, t.textContent]); }})""")]
 
 
+def overlapping_notes(page: Page) -> list[tuple[str, str, str]]:
+    """(chart title, text, text) of each two annotations of a live chart that run into each
+    other: subplot titles, row titles and notes ("plain diverged" over the title "hidden1")."""
+    return [tuple(c) for c in page.evaluate(f"""() => ({_LIVE})('.js-plotly-plot').flatMap(d => {{
+        const notes = Array.from(d.querySelectorAll('.annotation-text'))
+          .map(t => [t.textContent, t.getBoundingClientRect()]).filter(([, r]) => r.width);
+        const meet = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+        return notes.flatMap(([s, a], i) => notes.slice(i + 1).filter(([, b]) => meet(a, b))
+          .map(([t]) => [d.layout.title.text, s, t])); }})""")]
+
+
 def truncated_buttons(page: Page) -> list[str]:
     """Labels of the main area's buttons that are cut short (an ellipsis where the word should be)."""
     # Streamlit cuts a label in its markdown container (overflow hidden, an ellipsis)
@@ -426,12 +439,13 @@ def truncated_buttons(page: Page) -> list[str]:
 
 def assert_labels_fit(page: Page) -> None:
     """Every live chart's labels fit its margins as Streamlit's theme draws them: none cut off or
-    crowded, no legend over a title, no chart drawn twice per refresh for plotly to grow a
-    margin; and no button's label cut short."""
-    poll(lambda: (crowded_labels(page), grown_margins(page), overlapping_headers(page), truncated_buttons(page)),
-         lambda v: v == ([], [], [], []), 20,
+    crowded, no legend over a title, no two titles or notes over each other, no chart drawn twice
+    per refresh for plotly to grow a margin; and no button's label cut short."""
+    poll(lambda: (crowded_labels(page), grown_margins(page), overlapping_headers(page), overlapping_notes(page),
+                  truncated_buttons(page)),
+         lambda v: v == ([], [], [], [], []), 20,
          "every chart's labels to fit its margins and every button's label its button: "
-         "(crowded labels, grown margins, legends over titles, cut buttons)")
+         "(crowded labels, grown margins, legends over titles, notes over each other, cut buttons)")
 
 
 NARROW_VIEWPORT = {"width": 1024, "height": 768}  # a classroom projector (XGA), with the sidebar open
@@ -461,6 +475,15 @@ def chart_trace(page: Page, key: str, index: int = 0) -> tuple[list[float], list
         if (!g || g.data.length <= args.index) return null;
         const t = g.data[args.index];
         return [toArray(t.x), toArray(t.y)]; }""", {"key": key, "index": index})
+
+
+def chart_y_spans(page: Page, key: str) -> list[float]:
+    """The height, in data units, of every y axis of chart ``key`` as drawn (fresh if drawn)."""
+    return page.evaluate("(key) => {" + _CHARTS + r"""
+        const g = (out[key] || [])[0];
+        if (!g) return [];
+        return Object.keys(g._fullLayout).filter(k => /^yaxis\d*$/.test(k))
+          .map(k => Math.abs(g._fullLayout[k].range[1] - g._fullLayout[k].range[0])); }""", key)
 
 
 def chart_annotations(page: Page, key: str) -> list[dict]:

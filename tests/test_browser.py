@@ -31,7 +31,9 @@ pytest.register_assert_rewrite("tests.browser_support")
 from bnviz.figures import FIGURES, MAX_POINTS
 from bnviz.presets import PRESETS
 from tests.browser_support import (
+    NARROW_VIEWPORT,
     UI_TIMEOUT_MS,
+    VIEWPORT,
     alerts,
     assert_labels_fit,
     assert_labels_fit_narrow,
@@ -40,10 +42,14 @@ from tests.browser_support import (
     chart_annotations,
     chart_points,
     chart_trace,
+    chart_y_spans,
     exceptions,
+    grown_margins,
     heatmap_images,
     open_app,
     open_url,
+    overlapping_headers,
+    overlapping_notes,
     pause_and_settle,
     plotly_plot_count,
     poll,
@@ -378,3 +384,30 @@ def test_diverged_variant_is_marked_and_the_other_trains_to_the_end(app_server, 
     # (~1e18) take a wider left margin, which the left axes' automargin is there to give.
     poll(lambda: crowded_labels(page), lambda c: c == [], 20, "no crowded or cut-off labels")
     screenshot(page, "09-after-divergence")
+
+
+def test_depth_growth_draws_a_diverged_twenty_layer_net_readably(app_server, page):
+    """depth-growth's plain net diverges within a few steps, as the preset means it to, and
+    shows 6 of its 20 layers. Seen in a screenshot: "plain diverged" written over the column
+    title "hidden1", step ticks 0, 500, 1k, 1.5k, 2k crowded into 110 px panels, and BN's
+    percentile bands drawn flat on plain's scale of +-3e18."""
+    open_app(page, app_server, "preset=depth-growth")
+    button(page, "Start").click()
+    steps = PRESETS["depth-growth"].comparison().steps
+    end = wait_progress(page, lambda p: p.state in ("finished", "failed", "stopped"), "the run to end", timeout=180)
+    assert (end.step, end.state) == (steps, "finished"), end.text
+    expect(page.get_by_text(re.compile(r"plain diverged at step \d+"))).to_be_visible()
+    assert "plain diverged" in [a["text"] for a in chart_annotations(page, "bands_layer")]
+    spans = poll(lambda: chart_y_spans(page, "bands_layer"), lambda s: len(s) == 12, 30, "the band chart's 12 panels")
+    assert min(spans) < 100 < 1e6 < max(spans), spans  # bn's rows on their own scale, plain's on its
+    assert exceptions(page) == 0
+    # as assert_labels_fit, but plain's tick labels at 1e18 may widen a left margin (see above)
+    def misfits():
+        grown = [g for g in grown_margins(page) if any(g[1][k] != g[2][k] for k in "rtb")]
+        return crowded_labels(page), overlapping_headers(page), overlapping_notes(page), grown
+    for size in (VIEWPORT, NARROW_VIEWPORT):
+        page.set_viewport_size(size)
+        poll(misfits, lambda v: v == ([], [], [], []), 20, f"labels that fit at {size['width']} px: "
+             "(crowded labels, legends over titles, notes over each other, grown margins but the left)")
+    page.set_viewport_size(VIEWPORT)
+    screenshot(page, "09-depth-growth")

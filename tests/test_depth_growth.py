@@ -189,7 +189,7 @@ def test_figure_draws_mean_and_variance_by_depth_and_one_gradient_heatmap_per_va
     assert list(lines[0].x) == list(range(1, 21))
     assert fig.layout.yaxis.type == "log" and fig.layout.yaxis2.type == "log"
     texts = [a.text for a in fig.layout.annotations]
-    assert any(t.startswith("plain: output gradient (similarity") for t in texts)
+    assert f"plain (similarity {preset_profiles['plain'].similarity:.2f})" in texts
     assert "Bjorck" in fig.layout.title.text
     assert fig.layout.xaxis.title.text and fig.layout.yaxis3.title.text == "class"
 

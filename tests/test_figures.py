@@ -209,6 +209,58 @@ def test_diverged_variant_adds_a_vertical_line_at_its_divergence_step(build, sna
     assert vlines_at(build(calm), at) == []
 
 
+def panel_refs(fig: go.Figure, row: int, col: int) -> tuple[str, str]:
+    ref = fig._grid_ref[row - 1][col - 1][0].trace_kwargs
+    return ref["xaxis"], ref["yaxis"]
+
+
+@pytest.mark.parametrize("build, panel, side", [
+    (figures.loss_accuracy, (1, 1), "left"), (percentile_bands, (3, 1), "left"),
+    (figures.histogram_heatmap, (3, 1), "left"), (figures.shift_scores, (1, 1), "left"),
+    # boom's own column, whose steps end where it diverged
+    (figures.grad_norms, (1, 3), "right"), (figures.update_ratios, (1, 3), "right")],
+    ids=lambda b: getattr(b, "__name__", None))
+def test_a_diverged_variant_is_named_inside_the_top_of_its_own_panel_beside_its_line(build, panel, side, snap):
+    """Above the grid, "boom diverged" ran into the column title of a narrow layer panel; now it
+    sits inside the top of boom's row (or column, or the first panel): right of its line (text
+    anchored left) when the line is in the first half of the panel's steps, else left of it."""
+    fig = build(snap)
+    note = next(a for a in fig.layout.annotations if a.text == "boom diverged")
+    x, y = panel_refs(fig, *panel)
+    assert (note.xref, note.yref, note.y, note.yanchor) == (x, f"{y} domain", 1, "top")
+    assert note.x == snap.variants["boom"].diverged_at and note.xanchor == side
+
+
+def test_notes_late_in_a_run_sit_left_of_their_line_and_notes_in_one_panel_stack(snap):
+    s = dataclasses.replace(snap, events=[Event(step=55, variant=None, text="lr → 0.05"),
+                                          Event(step=57, variant=None, text="lr → 0.01")])
+    notes = [a for a in figures.loss_accuracy(s).layout.annotations if a.yanchor == "top"]
+    assert [(a.text, a.xanchor, a.yshift) for a in notes] == [
+        ("boom diverged", "left", 0), ("lr → 0.05", "right", -18), ("lr → 0.01", "right", -36)]
+
+
+def test_percentile_bands_scale_a_diverged_variant_alone_and_the_others_together(snap, calm):
+    """One scale for every variant, so that a wide band looks wide; but boom's last percentiles,
+    far out before it diverged, drew the other rows as flat lines: its row gets its own scale."""
+    def matches(fig, row):
+        return [fig.layout[f"yaxis{panel_refs(fig, row, c)[1][1:]}"].matches for c in range(1, 4)]
+    assert [matches(percentile_bands(calm), r) for r in (1, 2)] == [["y", "y", "y"]] * 2
+    fig = percentile_bands(snap)
+    assert matches(fig, 1) == [None, "y", "y"] and matches(fig, 2) == ["y"] * 3
+    own = panel_refs(fig, 3, 1)[1]
+    assert matches(fig, 3) == [None, own, own]
+
+
+def test_a_heatmap_row_of_a_variant_that_diverged_before_its_first_histogram_says_so(snap):
+    boom = snap.variants["boom"]
+    none_yet = dataclasses.replace(boom, hist_steps=boom.hist_steps[:0], hists=boom.hists[:0])
+    s = dataclasses.replace(snap, variants={**snap.variants, "boom": none_yet})
+    fig = figures.histogram_heatmap(s)
+    note = next(a for a in fig.layout.annotations if a.text == "boom: no histogram before it diverged")
+    assert note.yref == f"{panel_refs(fig, 3, 1)[1]} domain"
+    assert not any("no histogram" in (a.text or "") for a in figures.histogram_heatmap(snap).layout.annotations)
+
+
 def test_lr_change_event_adds_a_dashed_vertical_line(calm):
     s = dataclasses.replace(calm, events=[Event(step=23, variant="bn", text="lr → 0.05")])
     fig = figures.loss_accuracy(s)
@@ -395,6 +447,49 @@ def test_a_deep_net_gets_at_most_six_readable_layer_panels_first_and_last_includ
     assert f"{figures.MAX_LAYER_PANELS} of 20 layers" in fig.layout.title.text
 
 
+@pytest.mark.parametrize("build", [figures.grad_norms, figures.update_ratios])
+def test_a_deep_nets_per_layer_lines_are_those_of_the_panels_each_in_its_own_colour(deep, calm, build):
+    """20 lines in a 10-colour palette gave hidden1 and hidden11 one colour, and a legend of 20
+    entries three lines deep (five on a projector) over the subplot titles."""
+    fig = build(deep)
+    named = [t for t in fig.data if t.showlegend]
+    assert [t.name for t in named] == figures._panel_layers(deep)[0]
+    assert len({t.line.color for t in named}) == len(named) == figures.MAX_LAYER_PANELS
+    assert f"{figures.MAX_LAYER_PANELS} of 20 layers" in fig.layout.title.text
+    # the legend's second line on a narrow screen gets its room above the plots
+    assert (fig.layout.margin.t, fig.layout.height) == (figures.MARGIN["t"] + figures.LEGEND_LINE_PX,
+                                                       340 + figures.LEGEND_LINE_PX)
+    shallow = build(calm)
+    assert [t.name for t in shallow.data if t.showlegend] == LAYERS and shallow.layout.margin.t == figures.MARGIN["t"]
+
+
+def test_narrow_panels_take_three_step_ticks_and_room_between_them(deep, calm):
+    """Six ~110 px panels got ticks 0, 500, 1k, 1.5k, 2k, a few px apart; one panel's "2k" ran into
+    the next one's "0"."""
+    fig = figures.shift_scores(deep)
+    steps = [v for k, v in fig.layout.to_plotly_json().items() if k.startswith("xaxis")]
+    assert len(steps) == 6 and all(a["nticks"] == 3 for a in steps)
+    gap = steps[1]["domain"][0] - steps[0]["domain"][1]
+    assert gap == pytest.approx(figures.NARROW_PANEL_SPACING)
+    assert all("nticks" not in a for k, a in figures.shift_scores(calm).layout.to_plotly_json().items()
+               if k.startswith("xaxis"))
+
+
+def test_the_current_distribution_of_a_deep_net_labels_its_x_axis_once_and_sparingly(deep, calm):
+    fig = figures.current_distribution(deep)
+    axes = [v for k, v in fig.layout.to_plotly_json().items() if k.startswith("xaxis")]
+    lo, hi = axes[0]["range"]
+    k = axes[0]["tickvals"][2]
+    assert axes[0]["tickvals"] == [-k, 0, k] and 0.375 * hi < k <= 0.75 * hi
+    assert all("title" not in a for a in axes)
+    assert [a.text for a in fig.layout.annotations].count("input to nonlinearity") == 1
+    assert all(a.title.text == "input to nonlinearity" for a in (figures.current_distribution(calm).layout.xaxis,))
+
+
+def test_nice_below_is_the_largest_1_2_5_step_not_above():
+    assert [figures._nice_below(x) for x in (0.75, 1.0, 2.39, 4.99, 5.0, 37.0)] == [0.5, 1.0, 2.0, 2.0, 5.0, 20.0]
+
+
 def test_a_shallow_net_shows_every_layer_without_a_note(calm):
     fig = percentile_bands(calm)
     assert {a.text for a in fig.layout.annotations} >= set(LAYERS)
@@ -484,7 +579,9 @@ def test_only_the_y_axes_at_a_charts_left_edge_leave_room_to_plotlys_automargin(
     assert all(v["ticklabeloverflow"] == "allow" for k, v in axes.items() if k not in bare)
     assert all("ticklabeloverflow" not in axes[k] and "tickformat" not in axes[k] for k in bare)  # bytes
     colorbar = any(t.get("type") == "heatmap" and t.get("showscale", True) for t in spec["data"])
-    assert layout["margin"] == dict(figures.MARGIN, r=figures.COLORBAR_MARGIN_R if colorbar else figures.MARGIN["r"])
+    wraps = sum(bool(t.get("showlegend")) for t in spec["data"]) >= figures.NARROW_PANEL_COLS  # a second line
+    assert layout["margin"] == dict(figures.MARGIN, r=figures.COLORBAR_MARGIN_R if colorbar else figures.MARGIN["r"],
+                                    t=figures.MARGIN["t"] + wraps * figures.LEGEND_LINE_PX)
 
 
 @pytest.mark.parametrize("which, build", PAGE_CASES, ids=PAGE_CASE_IDS)
@@ -574,3 +671,12 @@ def test_batch_stages_draw_every_row_from_x_through_x_hat_to_y_in_each_features_
     g = explain.forward(many, np.ones(3), np.zeros(3))
     stages = figures.bn_forward_stages(many, g.x_hat, g.y)
     assert not any(t.showlegend for t in figures.batch_stages(stages, features, "t").data)  # colours repeat
+
+
+@pytest.mark.parametrize("build, which", [(figures.histogram_heatmap, "snap"), (figures.depth_growth, "landscape")])
+def test_every_colorbar_title_runs_up_the_bars_side_clear_of_its_top_tick_label(build, which, request):
+    """Above the bar, a title met the label of a tick at the bar's top ("density" over "0.1",
+    "dL/dz" over "1"); COLORBAR_MARGIN_R holds it beside the bar."""
+    bars = [t.colorbar for t in build(request.getfixturevalue(which)).data
+            if isinstance(t, go.Heatmap) and t.showscale is not False]
+    assert bars and all(bar.title.side == "right" for bar in bars)
