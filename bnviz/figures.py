@@ -27,7 +27,7 @@ import plotly.io as pio
 from plotly.basedatatypes import BaseFigure
 from plotly.subplots import make_subplots
 
-from bnviz.metrics import LABELS
+from bnviz.metrics import LABELS, LANDSCAPE_METRICS
 from bnviz.runlog import RunSnapshot, VariantSnapshot
 
 # Points per line trace (the live page's curves grow one point per logged step up to this
@@ -918,13 +918,12 @@ def ics_figure(snap: RunSnapshot) -> go.Figure:
 
 
 def smoothness_figure(snap: RunSnapshot) -> go.Figure:
-    """Loss range, gradient change and effective β-smoothness along the gradient direction (log scale)."""
-    metrics = ("loss_range", "grad_change", "beta_smoothness")
-    cv = _Canvas(rows=1, cols=3, subplot_titles=tuple(LABELS[m] for m in metrics), horizontal_spacing=0.07)
+    """Along the gradient (log scale): loss range, gradient change ||∇L(w − ηg) − ∇L(w)||, β-smoothness."""
+    cv = _Canvas(rows=1, cols=3, subplot_titles=tuple(LABELS[m] for m in LANDSCAPE_METRICS), horizontal_spacing=0.07)
     for v in snap.variants.values():
         if not len(v.landscape_steps):
             continue
-        for c, metric in enumerate(metrics, start=1):
+        for c, metric in enumerate(LANDSCAPE_METRICS, start=1):
             y = np.asarray(v.landscape[metric], dtype=np.float64)
             cv.add(dict(type="scatter", x=v.landscape_steps, y=np.where(y > 0, y, np.nan), name=v.name,
                         legendgroup=v.name, showlegend=(c == 1), mode="lines+markers", marker=dict(size=4),

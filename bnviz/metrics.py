@@ -31,8 +31,10 @@ LABELS = {
     "weight_norm": "weight norm ||W||",
     "update_ratio": "update / weight ||ΔW|| / ||W||",
     "ics_l2": "ICS ||G − G'||", "ics_cos": "ICS cos(G, G')",
-    "loss_range": "loss range along the gradient",
-    "grad_change": "gradient change ||∇L(w − ηg) − ∇L(w)||",
+    # Short: these title ~150 px panels on a projector, where the longer ones overlapped; the
+    # smoothness chart's title and caption say "along the gradient" and give the formulas.
+    "loss_range": "loss range",
+    "grad_change": "gradient change",
     "beta_smoothness": "effective β-smoothness",
     DIVERGED: "diverged",
 }
