@@ -96,9 +96,17 @@ SWEEP_LEGEND_MARGIN_R = 140  # the sweep chart's legend column at least, for its
 # Figure 1 when it stood beside its claims) and the heatmap's "3000" met the next panel's "0". Hover keeps
 # the exact step, written as the progress line writes it ("3,000").
 STEP_TICKS = dict(tickformat="~s", hoverformat=",")
-# From this many columns on, a grid's panels are narrow (~70 px on a projector): its step axes
-# take at most 3 ticks and its panels at least this much space between them (_Canvas).
-NARROW_PANEL_COLS, NARROW_PANEL_SPACING = 5, 0.045
+# From this many columns on, a grid's panels are narrow (~70 px on a projector): smaller titles
+# over them (_Canvas), the x axis of the current distribution labelled sparingly.
+NARROW_PANEL_COLS, NARROW_TITLE_SIZE = 5, 13
+# Between the panels of a grid of step axes: a finished run's last tick label ("1.5k", "300")
+# ends at its panel's edge, beside the next panel's "0": 8 px or more away on a projector
+# (1024 px, sidebar open; checked at run lengths 7 to 2,000), "100k" included.
+STEP_GRID_SPACING = 0.06
+# Most step ticks per panel by the grid's columns (plotly's nticks; more columns: NARROW). Plotly
+# ticks at least ~5 times whatever an axis's length, so on a projector (1024 px, sidebar open)
+# labels ran together: 100 150 200 250 300 under a 150 px panel. About 40 px per tick there.
+STEP_NTICKS = {1: None, 2: 6, 3: 4, 4: 3, NARROW_PANEL_COLS: 2}
 
 
 # The title at the top left, the legend on a line of its own under it (both placed in pixels
@@ -184,11 +192,13 @@ class _Canvas:
                  row_titles=None, column_titles=None, subplot_titles=None, vertical_spacing=None,
                  horizontal_spacing=None):
         t = lambda v: tuple(v) if v is not None else None  # noqa: E731
-        if cols >= NARROW_PANEL_COLS:  # room between one panel's last step tick and the next one's first
-            horizontal_spacing = max(horizontal_spacing or 0.0, NARROW_PANEL_SPACING)
         layout, self.grid = _grid(rows, cols, shared_xaxes, shared_yaxes, t(row_titles), t(column_titles),
                                   t(subplot_titles), vertical_spacing, horizontal_spacing)
         self.layout = copy.deepcopy(layout)
+        if cols >= NARROW_PANEL_COLS:  # titles over ~55 px panels (a projector): at 16 px "hidden8" met "hidden10"
+            for note in self.layout.get("annotations", ()):
+                if note.get("yanchor") == "bottom":
+                    note["font"] = dict(note.get("font", {}), size=NARROW_TITLE_SIZE)
         self.rows, self.cols = rows, cols
         self.data: list[dict] = []
         self.used: set[tuple[int, int]] = set()  # subplots that hold a trace
@@ -215,10 +225,9 @@ class _Canvas:
     def step_axes(self, title_row: int | None = None) -> None:
         """Every x axis counts steps (STEP_TICKS); titled "step" in ``title_row`` (every row when None)."""
         self.update_axes("x", **STEP_TICKS)
-        if self.cols >= NARROW_PANEL_COLS:
-            # ~110 px panels (six layers on a laptop): plotly ticked 0, 500, 1k, 1.5k, 2k there,
-            # labels a few px apart, read as one number. At most 3 ticks: 0, 1k, 2k.
-            self.update_axes("x", nticks=3)
+        nticks = STEP_NTICKS[min(self.cols, NARROW_PANEL_COLS)]
+        if nticks:
+            self.update_axes("x", nticks=nticks)
         self.update_axes("x", row=title_row, title_text="step")
         self.step_keys = {self.grid[0][r][c][0].layout_keys[0] for r in range(self.rows) for c in range(self.cols)}
 
@@ -345,7 +354,10 @@ def _whole_steps(layout: dict, data: list[dict], step_keys: set[str]) -> None:
             spans[group(key)] = max(spans.get(group(key), 0.0), float(x.max() - x.min()))
     for key in step_keys:
         if group(key) in spans and spans[group(key)] < 10:
-            layout[key]["dtick"] = 1
+            # whole steps, no more of them than the axis may tick (STEP_NTICKS): 0..9 at every
+            # step ran together on a 240 px panel
+            most = layout[key].get("nticks") or 10
+            layout[key]["dtick"] = next(d for d in (1, 2, 5, 10) if spans[group(key)] / d <= most)
 
 
 # The live page ------------------------------------------------------------------------
@@ -498,7 +510,7 @@ def percentile_bands(snap: RunSnapshot, unit: bool = False) -> go.Figure:
     layers, shown = _panel_layers(snap)
     names = list(snap.variants)
     cv = _Canvas(rows=len(names), cols=len(layers), shared_xaxes=True, shared_yaxes=True, row_titles=names,
-                 column_titles=layers, vertical_spacing=0.06, horizontal_spacing=0.02)
+                 column_titles=layers, vertical_spacing=0.06, horizontal_spacing=STEP_GRID_SPACING)
     for r, v in enumerate(snap.variants.values(), start=1):
         color = variant_color(snap, v.name)
         fill = _alpha(color, 0.25)
@@ -554,10 +566,9 @@ def histogram_heatmap(snap: RunSnapshot) -> go.Figure:
     layers, shown = _panel_layers(snap)
     names = list(snap.variants)
     lo, hi = _display_range(snap)
-    # Wider gaps than the band charts': heatmaps start at or near step 0 (_every_kth), so each
-    # panel's last tick label can end beside the next panel's "0".
+    # Wider gaps than the band charts': its panels are narrower (the colorbar's margin).
     cv = _Canvas(rows=len(names), cols=len(layers), shared_xaxes=True, shared_yaxes=True, row_titles=names,
-                 column_titles=layers, vertical_spacing=0.06, horizontal_spacing=0.04)
+                 column_titles=layers, vertical_spacing=0.06, horizontal_spacing=STEP_GRID_SPACING + 0.015)
     viridis = _colorscale("Viridis")
     for r, v in enumerate(snap.variants.values(), start=1):
         if not len(v.hist_steps):
@@ -622,11 +633,11 @@ def current_distribution(snap: RunSnapshot) -> go.Figure:
             cv.add(dict(type="scatter", x=centers[keep], y=dens, name=v.name, legendgroup=v.name, showlegend=(c == 1),
                         fill="tozeroy", fillcolor=_alpha(color, 0.2), line=dict(color=color, width=2, shape="hvh")),
                    1, c)
+    # Three ticks, -k, 0, k: plotly's own ran together on narrow panels ("-100 -50 0 50 100").
+    k = _nice_below(0.75 * hi)
     if len(layers) < NARROW_PANEL_COLS:
-        cv.update_axes("x", range=[lo, hi], title_text="input to nonlinearity")
-    else:
-        # Narrow panels: "-2 0 2" ran together; the axis title, under each panel, into the next one's.
-        k = _nice_below(0.75 * hi)
+        cv.update_axes("x", range=[lo, hi], tickvals=[-k, 0, k], title_text="input to nonlinearity")
+    else:  # 0 unlabelled, and the axis named once, under the grid: under each panel it ran into the next one's
         cv.update_axes("x", range=[lo, hi], tickvals=[-k, 0, k], ticktext=[f"−{k:g}", "", f"{k:g}"])
         cv.annotate(text="input to nonlinearity", showarrow=False, x=0.5, xref="paper", y=0, yref="paper",
                     yanchor="top", yshift=-24, font=dict(size=14))
@@ -687,7 +698,8 @@ def shift_series(v: VariantSnapshot, window: int = SHIFT_WINDOW) -> tuple[np.nda
 
 def shift_scores(snap: RunSnapshot) -> go.Figure:
     layers, shown = _panel_layers(snap)
-    cv = _Canvas(rows=1, cols=len(layers), shared_yaxes=True, subplot_titles=layers, horizontal_spacing=0.03)
+    cv = _Canvas(rows=1, cols=len(layers), shared_yaxes=True, subplot_titles=layers,
+                 horizontal_spacing=STEP_GRID_SPACING)
     for v in snap.variants.values():
         steps, w1 = shift_series(v)
         i = _thin(len(steps))
