@@ -103,7 +103,7 @@ NARROW_PANEL_COLS, NARROW_TITLE_SIZE = 5, 13
 # ends at its panel's edge, beside the next panel's "0": 8 px or more away on a projector
 # (1024 px, sidebar open; checked at run lengths 7 to 2,000), "100k" included.
 STEP_GRID_SPACING = 0.06
-# Most step ticks per panel by the grid's columns (plotly's nticks; more columns: NARROW). Plotly
+# Most step ticks per panel by the grid's columns (plotly's nticks; from NARROW_PANEL_COLS on, its entry). Plotly
 # ticks at least ~5 times whatever an axis's length, so on a projector (1024 px, sidebar open)
 # labels ran together: 100 150 200 250 300 under a 150 px panel. About 40 px per tick there.
 STEP_NTICKS = {1: None, 2: 6, 3: 4, 4: 3, NARROW_PANEL_COLS: 2}
@@ -531,9 +531,10 @@ def percentile_bands(snap: RunSnapshot, unit: bool = False) -> go.Figure:
     what = "tracked unit" if unit else "whole layer"
     # One scale for every variant: a wide band must look wide. But a variant that diverged
     # gets its own: its last percentiles, at 1e18, drew every other row as a flat line at 0.
+    # (Within a row the panels share the first one's axis: make_subplots' shared_yaxes.)
     calm = [r for r, v in enumerate(snap.variants.values(), start=1) if v.diverged_at is None]
-    for r in calm[1:] if len(calm) < len(names) else range(1, len(names) + 1):
-        cv.update_axes("y", row=r, matches=cv.grid[0][calm[0] - 1 if calm else 0][0][0].trace_kwargs["yaxis"])
+    for r in calm[1:]:
+        cv.update_axes("y", row=r, matches=cv.grid[0][calm[0] - 1][0][0].trace_kwargs["yaxis"])
     cv.update_axes("y", col=1, title_text="input to nonlinearity")
     cv.step_axes(title_row=len(names))
     _mark_events(cv, snap, len(names), len(layers), panel=lambda name: (names.index(name) + 1, 1))

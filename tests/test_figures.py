@@ -244,7 +244,7 @@ def test_percentile_bands_scale_a_diverged_variant_alone_and_the_others_together
     far out before it diverged, drew the other rows as flat lines: its row gets its own scale."""
     def matches(fig, row):
         return [fig.layout[f"yaxis{panel_refs(fig, row, c)[1][1:]}"].matches for c in range(1, 4)]
-    assert [matches(percentile_bands(calm), r) for r in (1, 2)] == [["y", "y", "y"]] * 2
+    assert [matches(percentile_bands(calm), r) for r in (1, 2)] == [[None, "y", "y"], ["y", "y", "y"]]
     fig = percentile_bands(snap)
     assert matches(fig, 1) == [None, "y", "y"] and matches(fig, 2) == ["y"] * 3
     own = panel_refs(fig, 3, 1)[1]
