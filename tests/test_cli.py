@@ -242,7 +242,10 @@ def test_run_reports_a_diverged_variant_and_still_exits_0(capsys, tmp_path):
     rc, out, err = main(capsys, "run", "--preset", "high-lr", "--steps", "40", "--set", "plain.lr=1e6",
                         "--set", "hist_every=1", "--set", "width=16", "--out", str(tmp_path / "o"), "--quiet")
     assert rc == 0, err
-    assert "plain: diverged" in out and "diverged at step" in out
+    rows = read_metrics(tmp_path / "o" / "metrics.csv")
+    at = next(int(r["step"]) for r in rows if r["metric"] == "diverged")
+    plain = next(line for line in out.splitlines() if line.startswith("plain:"))
+    assert plain.startswith(f"plain: diverged at step {at}, ") and plain.count("step") == 1, plain  # one step named
     assert "bn: finished at step 40" in out
     rows = read_metrics(tmp_path / "o" / "metrics.csv")
     assert [r["variant"] for r in rows if r["metric"] == "diverged"] == ["plain"]
