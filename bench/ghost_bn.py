@@ -17,7 +17,7 @@ import time
 import torch
 from torch import nn
 
-from bnviz.norms import GhostBatchNorm
+from bnviz.norms import GhostBatchNorm, ghost_sizes
 
 
 class GhostByParts(nn.BatchNorm1d):
@@ -28,7 +28,7 @@ class GhostByParts(nn.BatchNorm1d):
         self.ghost_size = ghost_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = x.tensor_split(max(1, x.shape[0] // self.ghost_size))
+        parts = x.split(ghost_sizes(x.shape[0], self.ghost_size))
         return torch.cat([super(GhostByParts, self).forward(p) for p in parts])
 
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                     _step(layer, x)
                 times[name].append((time.perf_counter() - t) / args.calls)
         med = {name: statistics.median(v) * 1e6 for name, v in times.items()}
-        ghosts = max(1, args.batch // g)
+        ghosts = len(ghost_sizes(args.batch, g))
         print(f"  ghost size {g} ({ghosts} ghost batches): BatchNorm1d {med['BatchNorm1d']:.0f}, "
               f"GhostBatchNorm {med['GhostBatchNorm']:.0f} ({med['GhostBatchNorm'] / med['BatchNorm1d']:.1f}x BN), "
               f"by parts {med['by parts']:.0f} ({med['by parts'] / med['BatchNorm1d']:.1f}x BN); "
