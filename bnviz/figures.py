@@ -535,10 +535,34 @@ def percentile_bands(snap: RunSnapshot, unit: bool = False) -> go.Figure:
     calm = [r for r, v in enumerate(snap.variants.values(), start=1) if v.diverged_at is None]
     for r in calm[1:]:
         cv.update_axes("y", row=r, matches=cv.grid[0][calm[0] - 1][0][0].trace_kwargs["yaxis"])
+    for r, v in enumerate(snap.variants.values(), start=1):
+        if v.diverged_at is not None:
+            i = _thin(len(v.steps))
+            _short_y_ticks(cv, r, [v.series[f"{prefix}_p{q}"][i, v.layers.index(ly)]
+                                   for q in (15, 85) for ly in layers if ly in v.layers])
     cv.update_axes("y", col=1, title_text="input to nonlinearity")
     cv.step_axes(title_row=len(names))
     _mark_events(cv, snap, len(names), len(layers), panel=lambda name: (names.index(name) + 1, 1))
     return cv.figure(f"Pre-activation percentiles over time ({what}){shown}", 180 + 190 * len(names))
+
+
+def _nice_below(x: float) -> float:
+    """The largest 1, 2 or 5 times a power of ten that is at most ``x`` (> 0)."""
+    e = 10.0 ** np.floor(np.log10(x))
+    return float(max(m * e for m in (1, 2, 5) if m * e <= x))
+
+
+def _short_y_ticks(cv: _Canvas, row: int, series: list[np.ndarray]) -> None:
+    """Ticks -k, 0, k labelled "-2e18", "0", "2e18" on a diverged variant's row. Plotly's own
+    ("-1.5e+18" and the like) outgrew the left margin, and plotly drew the chart twice at every
+    refresh to grow it while the other variants trained on."""
+    drawn = np.abs(np.concatenate(series)) if series else np.zeros(0)
+    top = float(drawn[np.isfinite(drawn)].max(initial=0.0))
+    if top > 0:
+        k = _nice_below(0.75 * top)
+        label = f"{k:.0e}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-") if not 1e-3 <= k < 1e4 \
+            else f"{k:g}"
+        cv.update_axes("y", row=row, tickvals=[-k, 0, k], ticktext=[f"−{label}", "0", label])
 
 
 def _alpha(hex_color: str, a: float) -> str:
@@ -610,12 +634,6 @@ def histogram_heatmap(snap: RunSnapshot) -> go.Figure:
 
 
 # 4. current distribution ----------------------------------------------------------------
-def _nice_below(x: float) -> float:
-    """The largest 1, 2 or 5 times a power of ten that is at most ``x`` (> 0)."""
-    e = 10.0 ** np.floor(np.log10(x))
-    return float(max(m * e for m in (1, 2, 5) if m * e <= x))
-
-
 def current_distribution(snap: RunSnapshot) -> go.Figure:
     layers, shown = _panel_layers(snap)
     lo, hi = _display_range(snap)

@@ -251,6 +251,21 @@ def test_percentile_bands_scale_a_diverged_variant_alone_and_the_others_together
     assert matches(fig, 3) == [None, own, own]
 
 
+def test_percentile_bands_tick_a_diverged_row_at_minus_k_0_k_in_short_labels(snap, calm):
+    """Plotly's own labels for a row at 1e18 ("-1.5e+18") outgrew the left margin, and plotly
+    drew the chart twice per refresh to grow it: boom's row is ticked -k, 0, k, k a round number
+    within the drawn bands, labelled without "+"."""
+    boom = snap.variants["boom"]
+    big = dataclasses.replace(boom, series={**boom.series, **{
+        f"act_p{q}": boom.series[f"act_p{q}"] * 0 + sign * 3.1e18 for q, sign in ((15, -1), (85, 1))}})
+    fig = percentile_bands(dataclasses.replace(snap, variants={**snap.variants, "boom": big}))
+    axis = fig.layout[f"yaxis{panel_refs(fig, 3, 1)[1][1:]}"]
+    assert (list(axis.tickvals), list(axis.ticktext)) == ([-2e18, 0, 2e18], ["−2e18", "0", "2e18"])
+    assert all(fig.layout[f"yaxis{panel_refs(fig, 1, 1)[1][1:]}"][k] is None for k in ("tickvals", "ticktext"))
+    calm_fig = percentile_bands(calm)
+    assert all(calm_fig.layout[k].tickvals is None for k in calm_fig.layout if k.startswith("yaxis"))
+
+
 def test_a_heatmap_row_of_a_variant_that_diverged_before_its_first_histogram_says_so(snap):
     boom = snap.variants["boom"]
     none_yet = dataclasses.replace(boom, hist_steps=boom.hist_steps[:0], hists=boom.hists[:0])
