@@ -55,21 +55,24 @@ def _steps_text(steps: int | None) -> str:
 
 
 def figure1_table(snap: RunSnapshot) -> list[dict]:
-    """One row per variant: the numbers behind the paper's Figure 1 claims, as shown on the page
-    (a column holds one type: Streamlit's Arrow conversion refuses ints mixed with text)."""
-    rows = []
+    """The numbers behind the paper's Figure 1 claims as shown on the page: a row per measure, a
+    column per variant. (A row per variant made seven columns, and on a projector, 1024 px with
+    the sidebar open, the table scrolled the tracked unit's, those of claims b and c, out of
+    sight.) As text: Streamlit's Arrow conversion wants one type per column."""
+    columns = {}
     for v in snap.variants.values():
         d = unit_drift(v)
-        rows.append({
-            "variant": v.name,
-            "final test accuracy": round(final_accuracy(v), 4),
+        acc = final_accuracy(v)
+        columns[v.name] = {
+            "final test accuracy": "–" if np.isnan(acc) else f"{acc:.3f}",
             "steps to 90%": _steps_text(steps_to_accuracy(v, 0.90)),
             "steps to 95%": _steps_text(steps_to_accuracy(v, 0.95)),
             "unit median: start → end": f"{d.median_start:+.2f} → {d.median_end:+.2f}",
-            "unit median range": round(d.median_range, 3),
+            "unit median range": f"{d.median_range:.3f}",
             "unit 15–85 width: start → end": f"{d.band_start:.2f} → {d.band_end:.2f}",
-        })
-    return rows
+        }
+    measures = next(iter(columns.values()), {})
+    return [{"measure": m, **{name: c[m] for name, c in columns.items()}} for m in measures]
 
 
 def depth_growth_table(snap: RunSnapshot) -> list[dict]:

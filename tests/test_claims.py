@@ -91,18 +91,24 @@ def test_paper_fig1_bn_leads_early_and_without_bn_the_sigmoid_input_drifts():
     # after 50,000 steps); at 1,000 steps the plain net is often the one ahead.
 
 
-def test_figure1_table_says_not_reached_for_an_accuracy_never_reached_and_converts_to_arrow():
+def test_figure1_table_has_a_row_per_measure_a_column_per_variant_and_converts_to_arrow():
     snap = train(shortened("paper-fig1", steps=1_000, eval_every=100))  # the run above, trained once
-    rows = claims.figure1_table(snap)
-    assert [r["variant"] for r in rows] == ["plain", "bn"]
-    for r, v in zip(rows, snap.variants.values()):
-        for threshold, column in ((0.90, "steps to 90%"), (0.95, "steps to 95%")):
+    rows = {r["measure"]: r for r in claims.figure1_table(snap)}
+    assert list(rows) == ["final test accuracy", "steps to 90%", "steps to 95%", "unit median: start → end",
+                          "unit median range", "unit 15–85 width: start → end"]
+    assert all(list(r) == ["measure", "plain", "bn"] for r in rows.values())
+    for name, v in snap.variants.items():
+        assert rows["final test accuracy"][name] == f"{claims.final_accuracy(v):.3f}"
+        d = claims.unit_drift(v)
+        assert rows["unit median range"][name] == f"{d.median_range:.3f}"
+        assert rows["unit 15–85 width: start → end"][name] == f"{d.band_start:.2f} → {d.band_end:.2f}"
+        for threshold, measure in ((0.90, "steps to 90%"), (0.95, "steps to 95%")):
             steps = claims.steps_to_accuracy(v, threshold)
-            assert r[column] == ("not reached" if steps is None else f"{steps:,}")
+            assert rows[measure][name] == ("not reached" if steps is None else f"{steps:,}")
     # mnist-mini plateaus near 0.92: 95% is never reached in 1,000 steps (EXPERIMENTS.md).
-    assert {r["steps to 95%"] for r in rows} == {"not reached"}
+    assert set(rows["steps to 95%"].values()) == {"steps to 95%", "not reached"}
     pa = pytest.importorskip("pyarrow")
-    pa.Table.from_pylist(rows)  # what st.dataframe does with the rows; mixed types would raise
+    pa.Table.from_pylist(list(rows.values()))  # what st.dataframe does with the rows; mixed types would raise
 
 
 @claim_test("quick-look")
