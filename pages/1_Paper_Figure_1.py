@@ -7,7 +7,8 @@ from bnviz import presets
 from bnviz.claims import figure1_table
 from bnviz.figures import paper_figure1
 from bnviz.live import session_lab
-from ui.common import chart, downloads_ui, link_settings_ui, live_fragment, run_controls_ui, write_link
+from ui.common import (changed_settings_ui, chart, downloads_ui, link_settings_ui, live_fragment, run_controls_ui,
+                       write_link)
 from ui.navigation import through_app
 
 through_app()  # first: a direct visit runs this file without app.py (ui/navigation.py)
@@ -36,8 +37,9 @@ write_link(LINK)  # the address bar is a link to this page as set
 
 lab = session_lab("fig1")
 eval_every = max(STEP_CHOICES[steps_label] // 100, 50)
-lab.configure(PRESET.comparison().with_all(steps=STEP_CHOICES[steps_label], dataset=dataset, lr=lr,
-                                           eval_every=eval_every))
+chosen = PRESET.comparison().with_all(steps=STEP_CHOICES[steps_label], dataset=dataset, lr=lr, eval_every=eval_every)
+lab.configure(chosen)
+changed_settings_ui(PRESET, chosen)
 run_controls_ui(lab, "fig1")
 
 

@@ -7,7 +7,8 @@ import streamlit as st
 from bnviz import presets
 from bnviz.figures import ics_figure, loss_accuracy, shift_scores, smoothness_figure
 from bnviz.live import session_lab
-from ui.common import chart, downloads_ui, link_settings_ui, live_fragment, run_controls_ui, write_link
+from ui.common import (changed_settings_ui, chart, downloads_ui, link_settings_ui, live_fragment, run_controls_ui,
+                       write_link)
 from ui.navigation import through_app
 
 through_app()  # first: a direct visit runs this file without app.py (ui/navigation.py)
@@ -49,7 +50,9 @@ with st.sidebar:
 write_link(LINK)  # the address bar is a link to this page as set
 
 lab = session_lab("ics")
-lab.configure(PRESET.comparison().with_all(steps=steps, landscape_every=every))
+chosen = PRESET.comparison().with_all(steps=steps, landscape_every=every)
+lab.configure(chosen)
+changed_settings_ui(PRESET, chosen)
 run_controls_ui(lab, "ics")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import weakref
 from typing import Callable
@@ -9,6 +10,7 @@ from typing import Callable
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+from bnviz.config import Comparison, RunConfig
 from bnviz.errors import BnvizError
 from bnviz.figures import for_page
 from bnviz.live import Lab
@@ -91,6 +93,26 @@ def once_per_click(action: Callable[..., None]) -> Callable[..., None]:
             return
         action(*args, **kwargs)
     return on_click
+
+
+# How a preset's note words a setting ({} its value, in the format after it); others by name.
+_SETTING_WORDS = {"steps": ("{} steps", ","), "eval_every": ("test accuracy every {} steps", ","), "lr": ("lr {}", "g"),
+                  "landscape_every": ("probes every {} steps", ","), "dataset": ("dataset {}", "")}
+
+
+def changed_settings_ui(preset: Preset, comparison: Comparison) -> None:
+    """A caption naming what this page's run changes from the preset its note describes ("5,000
+    instead of 50,000 steps"). The note gives the preset's settings, and a page that runs it
+    shorter by default said "50,000 steps" above a progress line that ended at 5,000."""
+    changes = []
+    for f in dataclasses.fields(RunConfig):
+        was = {getattr(c, f.name) for c in preset.comparison().variants.values()}
+        now = {getattr(c, f.name) for c in comparison.variants.values()}
+        if len(was) == len(now) == 1 and was != now:
+            words, fmt = _SETTING_WORDS.get(f.name, (f.name + " {}", ""))
+            changes.append(words.format(f"{format(*now, fmt)} instead of {format(*was, fmt)}"))
+    if changes:
+        st.caption("This page's run differs from the note: " + "; ".join(changes) + ".")
 
 
 def run_controls_ui(lab: Lab, prefix: str):

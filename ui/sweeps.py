@@ -19,7 +19,8 @@ from bnviz.figures import field_title, sweep_figure
 from bnviz.live import POOL, warm_workers
 from bnviz.presets import Preset
 from bnviz.sweep import SweepJob, SweepResult, alive_sweeps, preset_report
-from ui.common import download_buttons, kept_files, link_settings_ui, once_per_click, show, write_link
+from ui.common import (changed_settings_ui, download_buttons, kept_files, link_settings_ui, once_per_click, show,
+                       write_link)
 
 log = logging.getLogger("bnviz.sweeps")
 
@@ -106,6 +107,7 @@ def controls_ui(slot: SweepSlot, prefix: str, step_choices: dict[str, int], head
                                    disabled=slot.running,
                                    help=f"Every run ({len(values)} values x {len(slot.preset.variants)} "
                                         "variants) trains this many steps.")
+    changed_settings_ui(slot.preset, slot.preset.comparison().with_all(steps=step_choices[steps_label]))
     row = st.container(horizontal=True)  # each button as wide as its label (ui.common.run_controls_ui)
     row.button("Start", icon=":material/play_arrow:", key=f"{prefix}.start", type="primary",
                disabled=slot.running, on_click=once_per_click(lambda: slot.start(step_choices[steps_label])))
