@@ -56,7 +56,7 @@ with c2:
     st.markdown("**Scale and shift** y = γ x̂ + β: the network can undo the normalization if that helps")
     st.dataframe(table(f.y), width="stretch")
     st.markdown("Check: the columns of y have mean β and standard deviation ≈ γ.")
-    st.dataframe(table([f.y.mean(axis=0), f.y.std(axis=0)], index=["mean of y", "std of y"]), width="stretch")
+    st.dataframe(table([f.y.mean(axis=0), f.y.std(axis=0)], index=["mean", "std"]), width="stretch")
 show(batch_stages(bn_forward_stages(x, f.x_hat, f.y), FEATURES, "One mini-batch through BN, feature by feature"),
      "step.forward_chart")
 st.caption(f"Each line is one row of the batch. Normalizing brings every feature to mean 0 and spread 1 "

@@ -437,15 +437,50 @@ def truncated_buttons(page: Page) -> list[str]:
         .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)""")
 
 
+def scrolled_tables(page: Page) -> list[str]:
+    """The start of the text of each table in the main area wider than its place (its right-hand
+    columns scrolled out of sight): a st.dataframe's grid (its accessible copy's text), or a st.table."""
+    return page.evaluate(f"""() => ({_LIVE})("[data-testid='stMain'] [data-testid='stDataFrame'], "
+        + "[data-testid='stMain'] [data-testid='stTable']")
+        .filter(t => [t, ...t.querySelectorAll('*')].some(e => e.scrollWidth > e.clientWidth + 1
+                                                            && getComputedStyle(e).overflowX !== 'visible'))
+        .map(t => (t.querySelector('table') || t).textContent.slice(0, 80))""")
+
+
+# What the page's layout at its width comes to: the window's width, each live chart's width as
+# plotly drew it beside its container's, each table's width beside its content's.
+_LAYOUT = f"""() => [window.innerWidth,
+    ({_LIVE})('.js-plotly-plot').map(d => [Math.round((d._fullLayout || {{}}).width || 0), d.clientWidth]),
+    ({_LIVE})("[data-testid='stMain'] [data-testid='stDataFrame'] .dvn-scroller")
+        .map(e => [e.clientWidth, e.scrollWidth])]"""
+
+
+def settle_layout(page: Page) -> None:
+    """Wait until the page is laid out at its viewport's width: every chart drawn at its
+    container's width, and no width changing over 0.3 s. Checked at once, a new viewport's checks
+    saw the old layout (plotly redraws a chart at its new width a moment later) and passed."""
+    last: list = [None]
+
+    def read() -> tuple[list, bool]:
+        now = page.evaluate(_LAYOUT)
+        steady, last[0] = now == last[0], now
+        return now, steady
+    poll(read, lambda v: v[1] and v[0][0] == page.viewport_size["width"] and all(abs(a - b) <= 1 for a, b in v[0][1]),
+         20, "every chart drawn at its container's width and no width changing", interval=0.3)
+
+
 def assert_labels_fit(page: Page) -> None:
     """Every live chart's labels fit its margins as Streamlit's theme draws them: none cut off or
     crowded, no legend over a title, no two titles or notes over each other, no chart drawn twice
-    per refresh for plotly to grow a margin; and no button's label cut short."""
+    per refresh for plotly to grow a margin; no button's label cut short, no table's columns
+    scrolled out of sight."""
+    settle_layout(page)
     poll(lambda: (crowded_labels(page), grown_margins(page), overlapping_headers(page), overlapping_notes(page),
-                  truncated_buttons(page)),
-         lambda v: v == ([], [], [], [], []), 20,
-         "every chart's labels to fit its margins and every button's label its button: "
-         "(crowded labels, grown margins, legends over titles, notes over each other, cut buttons)")
+                  truncated_buttons(page), scrolled_tables(page)),
+         lambda v: v == ([], [], [], [], [], []), 20,
+         "every chart's labels to fit its margins, every button's label its button and every table its place: "
+         "(crowded labels, grown margins, legends over titles, notes over each other, cut buttons, "
+         "scrolled tables)")
 
 
 NARROW_VIEWPORT = {"width": 1024, "height": 768}  # a classroom projector (XGA), with the sidebar open

@@ -161,7 +161,7 @@ def test_batch_size_sweep_fills_its_chart_batch_size_by_batch_size_and_stops(app
     button(page, "Start").click()  # 300 steps per run, the shortest choice, is the default
     poll(lambda: chart_points(page, "bsweep-").get("chart", 0), lambda n: n >= 1, 120,
          "the first batch size's results in the chart")
-    expect(page.get_by_test_id("stMain").get_by_test_id("stDataFrame")).to_have_count(1)
+    expect(page.get_by_test_id("stMain").get_by_test_id("stTable")).to_have_count(1)
     expect(page.get_by_text("Stop the sweep, or let it finish, to download it.")).to_be_visible()
     button(page, "Stop").click()
     text = poll(lambda: progress_text(page) or "", lambda t: "stopped" in t or "finished" in t, 60,
@@ -190,7 +190,7 @@ def test_learning_rate_sweep_runs_every_rate_and_names_the_largest_each_net_trai
         r"Largest rate that trained to [\d.]+% test accuracy \(90% of the best here\): "
         r"plain ([\d.]+|none), BatchNorm ([\d.]+|none)\."))
     assert chart_points(page, "lrsweep-").get("chart", 0) == len(rates)  # plain: one point per rate
-    expect(main.get_by_test_id("stDataFrame")).to_have_count(1)
+    expect(main.get_by_test_id("stTable")).to_have_count(1)
     assert_labels_fit(page)
     assert_labels_fit_narrow(page)  # the chart once stood beside the papers, cramped there
     screenshot(page, "pages-learning-rate-sweep")
