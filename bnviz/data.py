@@ -27,10 +27,12 @@ import threading
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 import numpy as np
 import platformdirs
 import pooch
+import requests
 import torch
 
 from bnviz.dataset_names import DATASETS
@@ -105,6 +107,19 @@ def _one_line(exc: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _why(exc: BaseException) -> str:
+    """Why one mirror failed, in a few words. requests words a refused connection as its pool's
+    repr ("HTTPSConnectionPool(host=..., port=443): Max retries exceeded with url: ..."), 250
+    characters that cut the page's one-line notice short before the second mirror or the fix."""
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        return f"HTTP {exc.response.status_code}"
+    if isinstance(exc, requests.Timeout):
+        return f"no answer within {_TIMEOUT_S:g} s"
+    if isinstance(exc, requests.ConnectionError):
+        return "no connection"
+    return _one_line(exc, 120)  # a hash mismatch (ValueError), a disk error
+
+
 def download(
     name: str,
     mirrors: tuple[str, ...] | None = None,
@@ -145,7 +160,7 @@ def download(
                 path.chmod(0o644)
                 break
             except Exception as exc:  # requests errors, hash mismatch (ValueError), disk errors
-                errors.append(f"{base}: {_one_line(exc, 120)}")
+                errors.append(f"{urlsplit(base).netloc}: {_why(exc)}")
         else:
             raise DataError(f"{name}: could not download {fname} ({'; '.join(errors)})")
         paths[fname] = path
@@ -289,8 +304,8 @@ def _load_cached(name: str, root: Path) -> Dataset:
             # timeouts) for every session; load.cache_clear() or a restart retries.
             if name == "mnist":
                 mini = _load_cached("mnist-mini", root)
-                reason = _one_line(exc, 200)
-                note = f"mnist: download failed ({reason}); using the bundled 5,000-image subset mnist-mini"
+                note = (f"{_one_line(exc, 300)}: training on the bundled 5,000-image subset mnist-mini instead "
+                        "(to pre-fetch MNIST once, where there is a network: `python -m bnviz.data fetch mnist`)")
                 return dataclasses.replace(mini, notice=note)
             raise DataError(
                 f"{name} needs the network once and the download failed ({_one_line(exc, 200)}); "

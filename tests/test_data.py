@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -175,7 +176,7 @@ def test_hash_mismatch_leaves_no_file_and_mnist_falls_back_to_mnist_mini(
 
     assert ds.name == "mnist-mini" and ds.x_train.shape == (4000, 1, 28, 28)
     assert ds.notice and "\n" not in ds.notice
-    assert ds.notice.startswith("mnist: download failed") and "mnist-mini" in ds.notice
+    assert ds.notice.startswith("mnist: could not download") and "mnist-mini" in ds.notice
     left = files_under(isolated_cache)
     assert FILES[2] not in left
     assert all(hashes.get(name) == digest for name, digest in left.items())  # only verified files, no temp files
@@ -224,6 +225,20 @@ def test_failed_download_removes_a_corrupt_cached_file(isolated_cache, idx_files
 
     assert ds.name == "mnist-mini" and ds.notice
     assert files_under(isolated_cache) == {}
+
+
+def test_mnists_fallback_notice_names_each_mirror_and_why_in_a_few_words_and_how_to_prefetch(
+        server, idx_files, isolated_cache, monkeypatch):
+    """requests words a refused connection as a 250-character repr of its pool: the page's notice
+    was cut before the second mirror, and never said how to get MNIST."""
+    refused, missing = refused_url(), server.publish("empty", {})  # nothing listens; HTTP 404
+    use_remote(monkeypatch, "mnist", (refused, missing), {f: sha(b) for f, b in idx_files.items()})
+    ds = data.load("mnist")
+    assert ds.name == "mnist-mini"
+    assert ds.notice == (f"mnist: could not download {FILES[0]} ({urlsplit(refused).netloc}: no connection; "
+                         f"{urlsplit(missing).netloc}: HTTP 404): training on the bundled 5,000-image subset "
+                         "mnist-mini instead (to pre-fetch MNIST once, where there is a network: "
+                         "`python -m bnviz.data fetch mnist`)")
 
 
 def test_on_disk_only_when_every_file_is_present_and_verified(isolated_cache, idx_files, monkeypatch):
