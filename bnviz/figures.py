@@ -315,7 +315,13 @@ def _log_ticks(layout: dict, data: list[dict]) -> None:
     (nticks 3 for plotly's 5). Plotly writes the 2 and 5 of a decade as small digits beside it
     ("2 0.01 5 2 0.001"), which a student reads as 2 and 5: under 2 decades they are written in
     full ("0.02 0.01 0.005"), from 2 to 4 only the decades are labelled (dtick 1: "0.1 0.01
-    0.001"). From 4 decades on plotly labels decades only, or every other one on a short panel."""
+    0.001"). From 4 decades on plotly labels decades only, or every other one on a short panel.
+
+    Below 0.001 plotly writes SI prefixes, "100μ" under "0.001" (the update-to-weight ratio,
+    whose caption says "1e-3"): written "1e-4" instead (exponentformat "e")."""
+    for key, axis in layout.items():
+        if key.startswith(("xaxis", "yaxis")) and axis.get("type") == "log":
+            axis.setdefault("exponentformat", "e")
     values: dict[str, list] = {}
     for t in data:
         y = t.get("y")

@@ -654,6 +654,17 @@ def test_short_log_axes_get_ticks_whose_labels_do_not_overlap():
     assert layout["yaxis5"]["nticks"] == 3
 
 
+def test_log_axes_write_small_values_as_powers_of_ten_not_si_prefixes():
+    """Below 0.001 plotly wrote "100μ" under "0.001" on the update-to-weight ratio's axis, whose
+    caption speaks of 1e-3: every log axis, chosen ticks or not, says "1e-4"."""
+    layout = _log_panels([1e-5, 1.0], [0.3, 0.5])
+    assert layout["yaxis"]["exponentformat"] == layout["yaxis2"]["exponentformat"] == "e"
+    cv = figures._Canvas(rows=1, cols=2)
+    cv.update_axes("y", col=1, type="log", dtick=1)  # no data, chosen ticks: still
+    layout = cv.figure("axes", 300).to_dict()["layout"]
+    assert layout["yaxis"]["exponentformat"] == "e" and "exponentformat" not in layout["yaxis2"]  # linear
+
+
 def test_log_ticks_leave_linear_axes_and_chosen_ticks_alone():
     cv = figures._Canvas(rows=1, cols=2)
     for c in (1, 2):
