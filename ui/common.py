@@ -104,9 +104,9 @@ def changed_settings_ui(preset: Preset, comparison: Comparison) -> None:
     """A caption naming what this page's run changes from the preset its note describes ("5,000
     instead of 50,000 steps"). The note gives the preset's settings, and a page that runs it
     shorter by default said "50,000 steps" above a progress line that ended at 5,000."""
-    changes = []
+    changes, noted = [], preset.comparison().variants.values()
     for f in dataclasses.fields(RunConfig):
-        was = {getattr(c, f.name) for c in preset.comparison().variants.values()}
+        was = {getattr(c, f.name) for c in noted}
         now = {getattr(c, f.name) for c in comparison.variants.values()}
         if len(was) == len(now) == 1 and was != now:
             words, fmt = _SETTING_WORDS.get(f.name, (f.name + " {}", ""))
