@@ -133,7 +133,7 @@ def _run_sweep(args, comparison: Comparison, sweep: tuple[str, tuple], jobs: int
     threshold = args.threshold if args.threshold is not None else sweep_threshold(result.rows)
     (out / "sweep.csv").write_text(result.to_csv(), encoding="utf-8")
     preset = presets.get(args.preset)
-    (out / "report.html").write_text(preset_report(result, preset, threshold, comparison.labels()), encoding="utf-8")
+    (out / "report.html").write_text(preset_report(result, preset, threshold, comparison), encoding="utf-8")
     for r in result.rows:
         if r["status"] == "skipped":
             print(f"{field}={r['value']} {r['variant']}: skipped ({r['message']})")
@@ -223,8 +223,9 @@ def _run(args) -> int:
     snap = _train(args, comparison, jobs, out)
     (out / "metrics.csv").write_text(to_csv(snap), encoding="utf-8")
     title = f"bnviz: {args.preset}" if args.preset else "bnviz run"
-    note = presets.get(args.preset).note if args.preset else None
-    extra = presets.get(args.preset).figures if args.preset else ()
+    preset = presets.get(args.preset) if args.preset else None
+    note = presets.note_for(preset, comparison) if preset else None  # "--steps 300" beside the note's 50,000
+    extra = preset.figures if preset else ()
     (out / "report.html").write_text(to_html(snap, title, note, extra), encoding="utf-8")
     for v in snap.variants.values():
         acc = v.evals["test_acc"]

@@ -7,7 +7,7 @@ no number, the preset chooses one and its note says so. See ../docs/EXPERIMENTS.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Iterable
 
 from bnviz.config import Comparison, RunConfig
@@ -213,3 +213,36 @@ def resolve(pairs: Iterable[str | tuple[str, str]], default: str | None = None) 
             preset, named = value.strip(), True
     base = get(preset).comparison() if preset else None
     return Comparison.from_flat(rest, base=base)
+
+
+# How a preset's note words a setting ({} its value, in the format after it); others by name.
+_SETTING_WORDS = {"steps": ("{} steps", ","), "eval_every": ("test accuracy every {} steps", ","), "lr": ("lr {}", "g"),
+                  "landscape_every": ("probes every {} steps", ","), "dataset": ("dataset {}", "")}
+
+
+def changed_settings(preset: Preset, comparison: Comparison) -> str | None:
+    """One sentence naming what ``comparison`` changes from ``preset``, whose note gives the
+    preset's own settings ("50,000 steps"): "This run differs from the note: 5,000 instead of
+    50,000 steps; bn: lr 0.1 instead of 0.5." None when it changes nothing. A page that ran
+    Figure 1 at 5,000 steps, and a report of `--steps 300`, quoted the note's 50,000 without
+    a word."""
+    def words(name: str, now: Any, was: Any) -> str:
+        text, fmt = _SETTING_WORDS.get(name, (name + " {}", ""))
+        return text.format(f"{format(now, fmt)} instead of {format(was, fmt)}")
+
+    noted, run = preset.comparison().variants, comparison.variants
+    changes = [] if list(run) == list(noted) else [f"variants {', '.join(run)} instead of {', '.join(noted)}"]
+    shared = [n for n in run if n in noted]
+    for f in fields(RunConfig):
+        was, now = ({getattr(v[n], f.name) for n in shared} for v in (noted, run))
+        if len(was) == len(now) == 1 and was != now:  # the same change in every variant
+            changes.append(words(f.name, *now, *was))
+        else:  # per variant (none where nothing changed)
+            changes += [f"{n}: {words(f.name, getattr(run[n], f.name), getattr(noted[n], f.name))}" for n in shared
+                        if getattr(run[n], f.name) != getattr(noted[n], f.name)]
+    return "This run differs from the note: " + "; ".join(changes) + "." if changes else None
+
+
+def note_for(preset: Preset, comparison: Comparison) -> str:
+    """A report's note on a run of ``comparison``: the preset's note, then what the run changed from it."""
+    return " ".join(filter(None, (preset.note, changed_settings(preset, comparison))))

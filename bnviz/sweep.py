@@ -23,17 +23,15 @@ import csv
 import io
 import threading
 from dataclasses import dataclass, field as dc_field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from bnviz.config import BATCH_STAT_NORMS, Comparison, RunConfig
 from bnviz.errors import ConfigError, training_failure
 from bnviz.norms import BatchRenorm
+from bnviz.presets import Preset, note_for
 from bnviz.remote import WORKER_NICE
-
-if TYPE_CHECKING:
-    from bnviz.presets import Preset
 
 # Columns of a row, in CSV order. ``value`` is the swept field's value (the field's name is
 # in the ``field`` column); None means "not applicable" and is an empty cell in the CSV.
@@ -468,10 +466,12 @@ def alive_sweeps() -> int:
 
 
 # ----------------------------------------------------------------------------- report
-def preset_report(result: SweepResult, preset: Preset, threshold: float | None,
-                  labels: dict[str, str] | None = None) -> str:
-    """The report of a preset's sweep, as the CLI writes it and the sweep pages download it."""
-    return to_html(result, f"bnviz: {preset.name} ({result.field} sweep)", preset.note, threshold, labels=labels)
+def preset_report(result: SweepResult, preset: Preset, threshold: float | None, comparison: Comparison) -> str:
+    """The report of a preset's sweep of ``comparison``, as the CLI writes it and the sweep pages
+    download it: its note, and what the run changed from it (a sweep of 300 steps per run
+    quoted the note's 1,000)."""
+    return to_html(result, f"bnviz: {preset.name} ({result.field} sweep)", note_for(preset, comparison), threshold,
+                   labels=comparison.labels())
 
 
 def to_html(result: SweepResult, title: str = "bnviz sweep", note: str | None = None,

@@ -251,23 +251,23 @@ def test_a_sweep_page_link_sets_the_steps_per_run_and_the_address_follows(page, 
 
 
 def changed_settings(at: AppTest) -> list[str]:
-    return [c.value for c in at.caption if c.value.startswith("This page's run differs from the note")]
+    return [c.value for c in at.caption if c.value.startswith("This run differs from the note")]
 
 
 def test_a_page_that_runs_a_preset_otherwise_than_its_note_says_so_under_the_note():
     """Paper Figure 1's note gives the paper's 50,000 steps with an evaluation every 500; the page
     opens at 5,000 with one every 50, and once said nothing of it."""
     at = run_app(FIG1)
-    assert changed_settings(at) == ["This page's run differs from the note: 5,000 instead of 50,000 steps; "
+    assert changed_settings(at) == ["This run differs from the note: 5,000 instead of 50,000 steps; "
                                     "test accuracy every 50 instead of 500 steps."]
     at.sidebar.select_slider(key="fig1.lr").set_value(0.2).run()
     assert "differs from the note: lr 0.2 instead of 0.5; 5,000 instead of 50,000 steps" in changed_settings(at)[0]
     assert changed_settings(run_app(FIG1, steps="50000")) == []  # the paper's run, as the note says
     assert changed_settings(run_app(ICS)) == []
     assert changed_settings(run_app(ICS, every="25")) == [
-        "This page's run differs from the note: probes every 25 instead of 100 steps."]
+        "This run differs from the note: probes every 25 instead of 100 steps."]
     sweep = "pages/5_Larger_learning_rates.py"
-    assert changed_settings(run_app(sweep)) == ["This page's run differs from the note: 300 instead of 1,000 steps."]
+    assert changed_settings(run_app(sweep)) == ["This run differs from the note: 300 instead of 1,000 steps."]
     assert changed_settings(run_app(sweep, steps="1000")) == []
 
 

@@ -203,6 +203,9 @@ def test_short_paper_fig1_report_is_self_contained_html(fig1_run):
     html = (out / "report.html").read_text(encoding="utf-8")
     assert html.lstrip().startswith("<!doctype html>")
     assert "bnviz: paper-fig1" in html
+    assert ("50,000 steps of batch 60, test accuracy every 500 steps. This run differs from the note: dataset "
+            "mnist-mini instead of mnist; 200 instead of 50,000 steps; test accuracy every 50 instead of 500 steps.</p>"
+            in html)  # the note, then what the run changed from it
     assert re.search(r"<script[^>]*\bsrc\s*=", html, re.IGNORECASE) is None
 
 

@@ -494,3 +494,19 @@ def test_a_per_variant_key_wins_over_a_shared_key_in_any_order():
     for pairs in (["variants=plain,bn", "bn.lr=0.1", "lr=0.3"], ["variants=plain,bn", "lr=0.3", "bn.lr=0.1"]):
         cmp = Comparison.from_flat(pairs)
         assert cmp.variants["bn"].lr == 0.1 and cmp.variants["plain"].lr == 0.3
+
+
+def test_changed_settings_names_what_a_run_changes_from_its_presets_note_in_the_notes_words():
+    """The note says "50,000 steps of batch 60, test accuracy every 500 steps"; a run of 300 steps
+    said nothing of it, on the page and in the report."""
+    fig1 = presets.get("paper-fig1")
+    assert presets.changed_settings(fig1, fig1.comparison()) is None
+    assert presets.changed_settings(fig1, fig1.comparison().with_all(steps=300, eval_every=50, lr=0.2)) == (
+        "This run differs from the note: lr 0.2 instead of 0.5; 300 instead of 50,000 steps; "
+        "test accuracy every 50 instead of 500 steps.")
+    one = presets.resolve(["preset=paper-fig1", "bn.lr=0.1", "plain.init_scale=0.5"])  # a variant's own
+    assert presets.changed_settings(fig1, one) == (
+        "This run differs from the note: bn: lr 0.1 instead of 0.5; plain: init_scale 0.5 instead of 0.1.")
+    more = presets.resolve(["preset=paper-fig1", "variants=plain,bn,ln", "ln.norm=layer"])
+    assert presets.changed_settings(fig1, more) == (
+        "This run differs from the note: variants plain, bn, ln instead of plain, bn.")

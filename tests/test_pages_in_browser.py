@@ -135,6 +135,10 @@ def test_paper_figure_1_trains_live_and_fills_its_chart_and_table(app_server, pa
         open_address(other, f"{app_server.url}/{SUB_PAGES[1][0]}", SUB_PAGES[1][1])
     again = page.request.get(address)
     assert again.ok and again.body() == csv
+    # The report quotes the paper's note and says what this page's run changed from it.
+    report = download(page, "Download HTML report")[0].decode()
+    assert ("test accuracy every 500 steps. This run differs from the note: dataset mnist-mini instead of mnist; "
+            "5,000 instead of 50,000 steps; test accuracy every 50 instead of 500 steps.") in report
     assert exceptions(page) == 0
 
 

@@ -190,6 +190,8 @@ def test_cli_on_a_sweep_preset_writes_config_csv_and_report(capsys, tmp_path):
     # Its lines are named as on the app's page (Comparison.labels), its stable list says both.
     assert '"name":"BatchNorm"' in html and "<b>BatchNorm</b> (bn): largest" in html
     assert "<title>bnviz: high-lr (lr sweep)</title>" in html  # as the app's sweep page downloads it
+    # under the note's "1,000 SGD steps", what this sweep changed
+    assert "This run differs from the note: width 8 instead of 100; 3 instead of 1,000 steps." in html
     assert "largest stable lr" in stdout and "  plain: " in stdout and "  bn: " in stdout
     assert not (out / "metrics.csv").exists()
 

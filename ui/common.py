@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import weakref
 from typing import Callable
@@ -10,12 +9,12 @@ from typing import Callable
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from bnviz.config import Comparison, RunConfig
+from bnviz.config import Comparison
 from bnviz.errors import BnvizError
 from bnviz.figures import for_page
 from bnviz.live import Lab
 from bnviz.pacing import MIN_S, PACER
-from bnviz.presets import Preset
+from bnviz.presets import Preset, changed_settings, note_for
 from bnviz.report import to_html
 from bnviz.runlog import RunSnapshot, to_csv
 
@@ -95,24 +94,11 @@ def once_per_click(action: Callable[..., None]) -> Callable[..., None]:
     return on_click
 
 
-# How a preset's note words a setting ({} its value, in the format after it); others by name.
-_SETTING_WORDS = {"steps": ("{} steps", ","), "eval_every": ("test accuracy every {} steps", ","), "lr": ("lr {}", "g"),
-                  "landscape_every": ("probes every {} steps", ","), "dataset": ("dataset {}", "")}
-
-
 def changed_settings_ui(preset: Preset, comparison: Comparison) -> None:
-    """A caption naming what this page's run changes from the preset its note describes ("5,000
-    instead of 50,000 steps"). The note gives the preset's settings, and a page that runs it
-    shorter by default said "50,000 steps" above a progress line that ended at 5,000."""
-    changes, noted = [], preset.comparison().variants.values()
-    for f in dataclasses.fields(RunConfig):
-        was = {getattr(c, f.name) for c in noted}
-        now = {getattr(c, f.name) for c in comparison.variants.values()}
-        if len(was) == len(now) == 1 and was != now:
-            words, fmt = _SETTING_WORDS.get(f.name, (f.name + " {}", ""))
-            changes.append(words.format(f"{format(*now, fmt)} instead of {format(*was, fmt)}"))
-    if changes:
-        st.caption("This page's run differs from the note: " + "; ".join(changes) + ".")
+    """Under a preset's note, what this page's run changes from it (presets.changed_settings)."""
+    text = changed_settings(preset, comparison)
+    if text:
+        st.caption(text)
 
 
 def run_controls_ui(lab: Lab, prefix: str):
@@ -190,8 +176,9 @@ def _run_files(trainer, prefix: str, preset: Preset | None) -> tuple[bytes, byte
     """(CSV, HTML report) of ``trainer``'s run as it stands."""
     snap = trainer.log.snapshot()
     title, extra = (f"bnviz: {preset.name}", preset.figures) if preset else ("bnviz run", ())
+    note = note_for(preset, trainer.comparison) if preset else None  # as the CLI's report of a preset
     return kept_files(f"{prefix}.dl.files", trainer, (snap.step, trainer.state),
-                      lambda: (to_csv(snap), to_html(snap, title, extra=extra)))
+                      lambda: (to_csv(snap), to_html(snap, title, note, extra)))
 
 
 def kept_files(key: str, owner: object, stands: object, build: Callable[[], tuple[str, str]]) -> tuple[bytes, bytes]:

@@ -166,7 +166,7 @@ def downloads_ui(slot: SweepSlot, prefix: str) -> None:
 def _sweep_files(job: SweepJob, rows: list[dict], preset: Preset, prefix: str) -> tuple[bytes, bytes]:
     def build() -> tuple[str, str]:
         result = SweepResult(job.field, job.values, job.comparison.names, rows, complete=job.state == "finished")
-        return result.to_csv(), preset_report(result, preset, sweep_threshold(rows), job.comparison.labels())
+        return result.to_csv(), preset_report(result, preset, sweep_threshold(rows), job.comparison)
     return kept_files(f"{prefix}.dl.files", job, (len(rows), job.state), build)
 
 
