@@ -35,7 +35,7 @@ from bnviz.limits import current as current_limits
 from bnviz.live import SPEEDS, Lab, session_lab
 from bnviz.norms import ghost_sizes
 from bnviz.trainer import resolve_device
-from ui.common import chart, downloads_ui, live_fragment, once_per_click, run_controls_ui
+from ui.common import changed_settings_ui, chart, downloads_ui, live_fragment, once_per_click, run_controls_ui
 
 LR_GRID = [round(m * 10.0 ** e, 6) for e in range(-4, 2) for m in (1, 2, 5)] + [100.0]
 # Short enough for a variant's row in the sidebar (normalization beside its placement).
@@ -50,7 +50,7 @@ def page() -> None:
     """The live lab, the app's first page."""
     lab = init_state()
     sidebar_ui()
-    header_ui()
+    header_ui(lab)
     controls_ui(lab)
     live_ui(lab)
     share_ui(lab)
@@ -287,7 +287,7 @@ def _add_variant() -> None:
 
 
 # main area -------------------------------------------------------------------------------------
-def header_ui() -> None:
+def header_ui(lab: Lab) -> None:
     ss = st.session_state
     st.title("bnviz · live lab")
     preset = presets.PRESETS.get(ss["lab.preset"])
@@ -295,6 +295,7 @@ def header_ui() -> None:
         st.markdown(f"**{preset.title}**  \n*Predict, then run.* {preset.note}  \n"
                     f"<span style='color:#666'>Source: {preset.source}. Claim: {preset.claim}</span>",
                     unsafe_allow_html=True)
+        changed_settings_ui(preset, lab.comparison)
     for w in ss.get("lab.link_warnings", []):
         st.warning(f"Link: {w}", icon=":material/link:")
 
