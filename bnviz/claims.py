@@ -71,28 +71,34 @@ def figure1_table(snap: RunSnapshot) -> list[dict]:
             "unit median range": f"{d.median_range:.3f}",
             "unit 15–85 width: start → end": f"{d.band_start:.2f} → {d.band_end:.2f}",
         }
+    return _by_measure(columns)
+
+
+def _by_measure(columns: dict[str, dict[str, str]]) -> list[dict]:
+    """{variant: {measure: text}} as table rows: a row per measure, a column per variant."""
     measures = next(iter(columns.values()), {})
     return [{"measure": m, **{name: c[m] for name, c in columns.items()}} for m in measures]
 
 
 def depth_growth_table(snap: RunSnapshot) -> list[dict]:
-    """One row per variant: Bjorck et al.'s numbers at initialization (defined in bnviz/depth.py)."""
+    """Bjorck et al.'s numbers at initialization (defined in bnviz/depth.py), a row per measure
+    and a column per variant, as text, as figure1_table."""
     # Imported here: it builds each variant's initial network (torch); the rest of this
     # module needs only the recorded series.
     from bnviz.depth import snapshot_profiles
 
-    rows = []
+    columns = {}
     for name, p in snapshot_profiles(snap).items():
-        rows.append({
-            "variant": name,
+        acc = final_accuracy(snap.variants[name])
+        columns[name] = {
             f"unit variance: {p.layers[0]} → {p.layers[-1]}": f"{p.var[0]:.3g} → {p.var[-1]:.3g}",
-            "variance growth per layer": round(p.growth, 3),
+            "variance growth per layer": f"{p.growth:.3f}",
             f"mean |unit mean|: {p.layers[0]} → {p.layers[-1]}": f"{p.mean[0]:.3g} → {p.mean[-1]:.3g}",
-            "output-gradient similarity": round(p.similarity, 3),
-            "share of the batch given one class": round(p.majority, 3),
-            "final test accuracy": round(final_accuracy(snap.variants[name]), 4),
-        })
-    return rows
+            "output-gradient similarity": f"{p.similarity:.3f}",
+            "share of the batch given one class": f"{p.majority:.3f}",
+            "final test accuracy": "–" if np.isnan(acc) else f"{acc:.3f}",
+        }
+    return _by_measure(columns)
 
 
 # Numbers behind the other presets' claims (tests/test_claims.py asserts them on shortened runs).

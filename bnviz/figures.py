@@ -27,6 +27,7 @@ import plotly.io as pio
 from plotly.basedatatypes import BaseFigure
 from plotly.subplots import make_subplots
 
+from bnviz import claims
 from bnviz.metrics import LABELS, LANDSCAPE_METRICS
 from bnviz.runlog import RunSnapshot, VariantSnapshot
 
@@ -794,6 +795,13 @@ class FigureSpec:
     key: str
     build: Callable[[RunSnapshot], go.Figure]
     caption: str
+    # The numbers behind the figure, shown under it (rows of text, bnviz.claims): the preset's
+    # docs quote them, and the app and the report showed only the chart.
+    table: Callable[[RunSnapshot], list[dict]] | None = None
+
+
+# A preset's own figures whose claim has a table of numbers.
+_FIGURE_TABLES = {"depth_growth": claims.depth_growth_table}
 
 
 def preset_figures(names: Sequence[str]) -> list[FigureSpec]:
@@ -801,7 +809,7 @@ def preset_figures(names: Sequence[str]) -> list[FigureSpec]:
     specs = []
     for name in names:
         fn = globals()[name]
-        specs.append(FigureSpec(name, fn, (fn.__doc__ or "").strip().splitlines()[0]))
+        specs.append(FigureSpec(name, fn, (fn.__doc__ or "").strip().splitlines()[0], _FIGURE_TABLES.get(name)))
     return specs
 
 

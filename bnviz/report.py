@@ -13,6 +13,15 @@ from bnviz.figures import FIGURES, preset_figures
 from bnviz.runlog import RunSnapshot
 
 
+def _table(rows: list[dict]) -> str:
+    """Rows of text (bnviz.claims) as an HTML table; nothing without rows."""
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
 def to_html(snap: RunSnapshot, title: str = "bnviz run", note: str | None = None,
             extra: Sequence[str] = ()) -> str:
     """``extra``: names of the figures a preset adds (``Preset.figures``), shown first."""
@@ -21,7 +30,8 @@ def to_html(snap: RunSnapshot, title: str = "bnviz run", note: str | None = None
     for i, spec in enumerate(specs):
         fig_html = spec.build(snap).to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False,
                                             config={"displaylogo": False})
-        parts.append(f"<section>{fig_html}<p class='caption'>{html.escape(spec.caption)}</p></section>")
+        table = _table(spec.table(snap)) if spec.table is not None else ""
+        parts.append(f"<section>{fig_html}<p class='caption'>{html.escape(spec.caption)}</p>{table}</section>")
     status = "".join(
         f"<li><b>{html.escape(n)}</b>: {html.escape(v.status)} at step {v.step}"
         + (f" (diverged at step {v.diverged_at})" if v.diverged_at is not None else "") + "</li>"
@@ -32,7 +42,9 @@ def to_html(snap: RunSnapshot, title: str = "bnviz run", note: str | None = None
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:Inter,Segoe UI,Helvetica,Arial,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}}
-.caption{{color:#555;margin:0 0 2em 1em}} pre{{background:#f6f6f6;padding:1em;overflow:auto}}</style></head>
+.caption{{color:#555;margin:0 0 2em 1em}} pre{{background:#f6f6f6;padding:1em;overflow:auto}}
+table{{border-collapse:collapse;margin:0 0 2em 1em}} th,td{{border:1px solid #ddd;padding:.3em .8em;text-align:left}}
+th{{background:#f6f6f6}}</style></head>
 <body><h1>{html.escape(title)}</h1>
 {f"<p>{html.escape(note)}</p>" if note else ""}
 <ul>{status}</ul>{f"<h3>Notices</h3><ul>{notices}</ul>" if notices else ""}

@@ -408,6 +408,10 @@ def test_depth_growth_draws_a_diverged_twenty_layer_net_readably(app_server, pag
     assert "plain diverged" in [a["text"] for a in chart_annotations(page, "bands_layer")]
     spans = poll(lambda: chart_y_spans(page, "bands_layer"), lambda s: len(s) == 12, 30, "the band chart's 12 panels")
     assert min(spans) < 100 < 1e6 < max(spans), spans  # bn's rows on their own scale, plain's on its
+    # Under the Bjorck chart, its numbers (claims.depth_growth_table): a row per measure, fitting a projector
+    table = page.get_by_test_id("stMain").get_by_test_id("stDataFrame")
+    expect(table).to_have_count(1)
+    expect(table).to_contain_text("variance growth per layer")
     assert exceptions(page) == 0
     assert_labels_fit(page)
     assert_labels_fit_narrow(page)

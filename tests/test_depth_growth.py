@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 
 import numpy as np
 import plotly.graph_objects as go
@@ -201,17 +202,24 @@ def test_figure_of_a_snapshot_without_configs_is_empty_not_default_settings(snap
     assert not fig.data and any("no configuration" in a.text for a in fig.layout.annotations)
 
 
-def test_claims_table_gives_the_numbers_per_variant(snap):
-    rows = {r["variant"]: r for r in depth_growth_table(snap)}
-    assert set(rows) == {"plain", "bn"}
-    assert rows["plain"]["output-gradient similarity"] > rows["bn"]["output-gradient similarity"]
-    assert rows["plain"]["variance growth per layer"] > 1.2
+def test_claims_table_gives_the_numbers_a_row_per_measure_a_column_per_variant(snap):
+    rows = {r["measure"]: r for r in depth_growth_table(snap)}
+    assert all(list(r) == ["measure", "plain", "bn"] for r in rows.values())
+    similarity, growth = rows["output-gradient similarity"], rows["variance growth per layer"]
+    assert float(similarity["plain"]) > float(similarity["bn"])
+    assert float(growth["plain"]) > 1.2
+    profiles = snapshot_profiles(snap)
+    assert growth == {"measure": "variance growth per layer", **{n: f"{p.growth:.3f}" for n, p in profiles.items()}}
 
 
-def test_cli_run_of_the_preset_writes_a_report_with_the_depth_figure(capsys, tmp_path):
+def test_cli_run_of_the_preset_writes_a_report_with_the_depth_figure_and_its_numbers(capsys, tmp_path):
     rc = cli.main(["run", "--preset", "depth-growth", "--steps", "5", "--quiet", "--out", str(tmp_path / "o")])
     out, err = capsys.readouterr()
     assert rc == 0, err
     html = (tmp_path / "o" / "report.html").read_text(encoding="utf-8")
     assert "Bjorck et al. 2018, at initialization" in html
+    # the numbers EXPERIMENTS.md quotes, under the figure: a row per measure, a column per variant
+    table = re.search(r"<table><thead><tr><th>measure</th><th>plain</th><th>bn</th></tr></thead>(.*?)</table>", html)
+    assert table and "<td>variance growth per layer</td>" in table.group(1)
+    assert html.index("Bjorck et al. 2018, at initialization") < table.start()
     assert "bn: finished at step 5" in out

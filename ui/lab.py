@@ -325,6 +325,8 @@ def live_ui(lab: Lab) -> None:
         for spec in specs:
             chart(spec.build, snap, f"lab.chart.{spec.key}")
             st.caption(spec.caption)
+            if spec.table is not None:
+                st.dataframe(spec.table(snap), hide_index=True, width="stretch")
 
     live_fragment(lab, draw)
 
