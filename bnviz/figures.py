@@ -567,8 +567,7 @@ def _short_y_ticks(cv: _Canvas, row: int, series: list[np.ndarray]) -> None:
     top = float(drawn[np.isfinite(drawn)].max(initial=0.0))
     if top > 0:
         k = _nice_below(0.75 * top)
-        label = f"{k:.0e}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-") if not 1e-3 <= k < 1e4 \
-            else f"{k:g}"
+        label = f"{k:g}" if 1e-3 <= k < 1e4 else re.sub(r"e\+?(-?)0*(\d)", r"e\1\2", f"{k:.0e}")  # "2e18", "5e-5"
         cv.update_axes("y", row=row, tickvals=[-k, 0, k], ticktext=[f"−{label}", "0", label])
 
 
