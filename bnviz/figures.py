@@ -104,10 +104,12 @@ NARROW_PANEL_COLS, NARROW_TITLE_SIZE = 5, 13
 # ends at its panel's edge, beside the next panel's "0": 8 px or more away on a projector
 # (1024 px, sidebar open; checked at run lengths 7 to 2,000), "100k" included.
 STEP_GRID_SPACING = 0.06
-# Most step ticks per panel by the grid's columns (plotly's nticks; from NARROW_PANEL_COLS on, its entry). Plotly
-# ticks at least ~5 times whatever an axis's length, so on a projector (1024 px, sidebar open)
-# labels ran together: 100 150 200 250 300 under a 150 px panel. About 40 px per tick there.
-STEP_NTICKS = {1: None, 2: 6, 3: 4, 4: 3, NARROW_PANEL_COLS: 2}
+# Most step ticks per panel by the grid's columns (plotly's nticks; from the last entry's on, its
+# entry). Plotly ticks at least ~5 times whatever an axis's length, so on a projector (1024 px,
+# sidebar open) labels ran together: 100 150 200 250 300 under a 150 px panel. About 40 px per
+# tick there. Six ~55 px panels hold one label ("100 200" ran together): a round step near the end
+# (_step_ticks; plotly's nticks 1 may tick past the range, 0 and 500 for a 300-step run).
+STEP_NTICKS = {1: None, 2: 6, 3: 4, 4: 3, 5: 2, 6: 1}
 
 
 # The title at the top left, the legend on a line of its own under it (both placed in pixels
@@ -226,7 +228,7 @@ class _Canvas:
     def step_axes(self, title_row: int | None = None) -> None:
         """Every x axis counts steps (STEP_TICKS); titled "step" in ``title_row`` (every row when None)."""
         self.update_axes("x", **STEP_TICKS)
-        nticks = STEP_NTICKS[min(self.cols, NARROW_PANEL_COLS)]
+        nticks = STEP_NTICKS[min(self.cols, max(STEP_NTICKS))]
         if nticks:
             self.update_axes("x", nticks=nticks)
         self.update_axes("x", row=title_row, title_text="step")
@@ -268,7 +270,7 @@ class _Canvas:
         _fixed_margins(self.layout, colorbar=any(t.get("type") == "heatmap" and t.get("showscale", True)
                                                  for t in self.data))
         _log_ticks(self.layout, self.data)
-        _whole_steps(self.layout, self.data, self.step_keys)
+        _step_ticks(self.layout, self.data, self.step_keys)
         if hovermode is not None:
             self.layout["hovermode"] = hovermode
         if _FOR_PAGE.get():
@@ -343,24 +345,32 @@ def _log_ticks(layout: dict, data: list[dict]) -> None:
             axis["dtick"] = 1
 
 
-def _whole_steps(layout: dict, data: list[dict], step_keys: set[str]) -> None:
-    """Ticks at whole steps while a run is a few steps long: plotly would tick at 0.5 and 1.5,
-    and a lecture in slow motion starts there. Per axis, matched axes alike (a variant that
-    diverged at step 4 spans 4 steps beside a 300-step panel); from 10 steps on, plotly's own
-    ticks are whole. (The range is left alone: a
+def _step_ticks(layout: dict, data: list[dict], step_keys: set[str]) -> None:
+    """Step ticks that depend on the data. Per axis, matched axes alike (a variant that diverged
+    at step 4 spans 4 steps beside a 300-step panel).
+
+    An axis allowed one tick (STEP_NTICKS) gets it at the largest round step drawn (1, 2 or 5
+    times a power of ten: "200" at 300 steps, "2k" at 2,000). Others tick at whole steps while
+    a run is a few steps long: plotly would tick at 0.5 and 1.5, and a lecture in slow motion
+    starts there; from 10 steps on, plotly's own ticks are whole. (The range is left alone: a
     single evaluation at step 0 sits in the middle of -1..1, not half hidden at the edge.)"""
     def group(key: str) -> str:  # axes that match another share its range, so its ticks
         match = layout[key].get("matches")
         return "xaxis" + match[1:] if match else key
 
     spans: dict[str, float] = {}
+    ends: dict[str, float] = {}
     for t in data:
         key = "xaxis" + t.get("xaxis", "x")[1:]
         if key in step_keys and len(t.get("x", ())):
             x = np.asarray(t["x"])
             spans[group(key)] = max(spans.get(group(key), 0.0), float(x.max() - x.min()))
+            ends[group(key)] = max(ends.get(group(key), 0.0), float(x.max()))
     for key in step_keys:
-        if group(key) in spans and spans[group(key)] < 10:
+        if layout[key].get("nticks") == 1:
+            if ends.get(group(key), 0) >= 1 and layout[key].get("showticklabels", True):
+                layout[key]["tickvals"] = [_nice_below(ends[group(key)])]
+        elif group(key) in spans and spans[group(key)] < 10:
             # whole steps, no more of them than the axis may tick (STEP_NTICKS): 0..9 at every
             # step ran together on a 240 px panel
             most = layout[key].get("nticks") or 10
