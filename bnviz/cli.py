@@ -230,9 +230,7 @@ def _run(args) -> int:
     for v in snap.variants.values():
         acc = v.evals["test_acc"]
         tail = f"test accuracy {acc[-1]:.3f}" if len(acc) else "no test accuracy"
-        # One step: "diverged at step 2, ..., diverged at step 3" named the last finite step and then the NaN one.
-        at = v.diverged_at if v.diverged_at is not None else v.step
-        print(f"{v.name}: {v.status} at step {at}, {tail}")
+        print(f"{v.name}: {v.ended}, {tail}")
     print(f"wrote {out / 'config.json'}, {out / 'metrics.csv'}, {out / 'report.html'}")
     return 0
 

@@ -32,11 +32,7 @@ def to_html(snap: RunSnapshot, title: str = "bnviz run", note: str | None = None
                                             config={"displaylogo": False})
         table = _table(spec.table(snap)) if spec.table is not None else ""
         parts.append(f"<section>{fig_html}<p class='caption'>{html.escape(spec.caption)}</p>{table}</section>")
-    status = "".join(
-        f"<li><b>{html.escape(n)}</b>: {html.escape(v.status)} at step {v.step}"
-        + (f" (diverged at step {v.diverged_at})" if v.diverged_at is not None else "") + "</li>"
-        for n, v in snap.variants.items()
-    )
+    status = "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(v.ended)}</li>" for n, v in snap.variants.items())
     notices = "".join(f"<li>{html.escape(n)}</li>" for n in snap.notices)
     config = json.dumps({n: v.config for n, v in snap.variants.items()}, indent=2)
     return f"""<!doctype html>

@@ -115,6 +115,13 @@ class VariantSnapshot:
     landscape_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     landscape: dict[str, np.ndarray] = field(default_factory=dict)  # ics_* -> (k, L); others -> (k,)
 
+    @property
+    def ended(self) -> str:
+        """Its status and the step it came to, in words: "finished at step 300", "diverged at
+        step 3" (the step whose loss was not finite; ``step`` is the last finite one, and both
+        together read "diverged at step 2 (diverged at step 3)")."""
+        return f"{self.status} at step {self.diverged_at if self.diverged_at is not None else self.step}"
+
 
 @dataclass(frozen=True)
 class Event:

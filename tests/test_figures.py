@@ -439,7 +439,11 @@ def test_report_is_self_contained_html(snap):
     assert html.count("Plotly.newPlot") == len(FIGURES)
     for spec in FIGURES:
         assert spec.caption.replace("'", "&#x27;") in html
-    assert "boom" in html and "diverged at step" in html
+    # each variant's end, one step named: "diverged at step 2 (diverged at step 3)" named the last
+    # finite step, then the one whose loss was not
+    boom = snap.variants["boom"]
+    assert f"<li><b>boom</b>: diverged at step {boom.diverged_at}</li>" in html and boom.step != boom.diverged_at
+    assert f"<li><b>plain</b>: finished at step {snap.variants['plain'].step}</li>" in html
 
 
 
