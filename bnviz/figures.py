@@ -539,8 +539,11 @@ def percentile_bands(snap: RunSnapshot, unit: bool = False) -> go.Figure:
             j = v.layers.index(layer)
             lo, mid, hi = (v.series[f"{prefix}_p{q}"][i, j] for q in (15, 50, 85))
             first = r == 1 and c == 1
-            cv.add(dict(type="scatter", x=x, y=hi, line=dict(width=0), showlegend=False, hoverinfo="skip"), r, c)
-            cv.add(dict(type="scatter", x=x, y=lo, fill="tonexty", fillcolor=fill, line=dict(width=0),
+            # mode "lines": under 20 points plotly adds markers, and these edges' took the colorway's
+            # pink and cyan (dots beside a short run's band, and a red dot as the band's legend)
+            cv.add(dict(type="scatter", x=x, y=hi, mode="lines", line=dict(width=0), showlegend=False,
+                        hoverinfo="skip"), r, c)
+            cv.add(dict(type="scatter", x=x, y=lo, mode="lines", fill="tonexty", fillcolor=fill, line=dict(width=0),
                         name="15th–85th percentile", legendgroup="band", showlegend=first, hoverinfo="skip"), r, c)
             cv.add(dict(type="scatter", x=x, y=mid, line=dict(color=color, width=2), name="median",
                         legendgroup="median", showlegend=first,

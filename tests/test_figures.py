@@ -251,6 +251,16 @@ def test_percentile_bands_scale_a_diverged_variant_alone_and_the_others_together
     assert matches(fig, 3) == [None, own, own]
 
 
+def test_percentile_band_edges_are_lines_without_markers_in_a_short_run(snap):
+    """Under 20 points plotly draws markers on a trace without a mode: a short run's invisible
+    band edges showed pink and cyan dots, and the band's legend a red one."""
+    short = dataclasses.replace(snap, variants={n: dataclasses.replace(
+        v, steps=v.steps[:5], series={k: a[:5] for k, a in v.series.items()}) for n, v in snap.variants.items()})
+    fig = percentile_bands(short)
+    edges = [t for t in fig.data if t.line.width == 0]
+    assert edges and len(edges[0].x) == 5 and {t.mode for t in edges} == {"lines"}
+
+
 def test_percentile_bands_tick_a_diverged_row_at_minus_k_0_k_in_short_labels(snap, calm):
     """Plotly's own labels for a row at 1e18 ("-1.5e+18") outgrew the left margin, and plotly
     drew the chart twice per refresh to grow it: boom's row is ticked -k, 0, k, k a round number
