@@ -54,6 +54,11 @@ def _steps_text(steps: int | None) -> str:
     return "not reached" if steps is None else f"{steps:,}"
 
 
+def accuracy_text(acc: float | None) -> str:
+    """An accuracy as the tables write it: "0.929", or "–" where there is none (no evaluation yet)."""
+    return "–" if acc is None or np.isnan(acc) else f"{acc:.3f}"
+
+
 def figure1_table(snap: RunSnapshot) -> list[dict]:
     """The numbers behind the paper's Figure 1 claims as shown on the page: a row per measure, a
     column per variant. (A row per variant made seven columns, and on a projector, 1024 px with
@@ -62,9 +67,8 @@ def figure1_table(snap: RunSnapshot) -> list[dict]:
     columns = {}
     for v in snap.variants.values():
         d = unit_drift(v)
-        acc = final_accuracy(v)
         columns[v.name] = {
-            "final test accuracy": "–" if np.isnan(acc) else f"{acc:.3f}",
+            "final test accuracy": accuracy_text(final_accuracy(v)),
             "steps to 90%": _steps_text(steps_to_accuracy(v, 0.90)),
             "steps to 95%": _steps_text(steps_to_accuracy(v, 0.95)),
             "unit median: start → end": f"{d.median_start:+.2f} → {d.median_end:+.2f}",
@@ -89,14 +93,13 @@ def depth_growth_table(snap: RunSnapshot) -> list[dict]:
 
     columns = {}
     for name, p in snapshot_profiles(snap).items():
-        acc = final_accuracy(snap.variants[name])
         columns[name] = {
             f"unit variance: {p.layers[0]} → {p.layers[-1]}": f"{p.var[0]:.3g} → {p.var[-1]:.3g}",
             "variance growth per layer": f"{p.growth:.3f}",
             f"mean |unit mean|: {p.layers[0]} → {p.layers[-1]}": f"{p.mean[0]:.3g} → {p.mean[-1]:.3g}",
             "output-gradient similarity": f"{p.similarity:.3f}",
             "share of the batch given one class": f"{p.majority:.3f}",
-            "final test accuracy": "–" if np.isnan(acc) else f"{acc:.3f}",
+            "final test accuracy": accuracy_text(final_accuracy(snap.variants[name])),
         }
     return _by_measure(columns)
 

@@ -14,7 +14,7 @@ from typing import Callable
 import streamlit as st
 
 from bnviz import limits, presets
-from bnviz.claims import sweep_threshold
+from bnviz.claims import accuracy_text, sweep_threshold
 from bnviz.figures import field_title, sweep_figure
 from bnviz.live import POOL, warm_workers
 from bnviz.presets import Preset
@@ -92,9 +92,9 @@ def accuracy_table(rows: list[dict], field: str, labels: dict[str, str]) -> list
         elif r["diverged"]:
             line[name] = f"diverged at step {r['diverged_at']}"
         else:
-            line[name] = f"{r['test_acc']:.3f}" if r["test_acc"] is not None else "–"
+            line[name] = accuracy_text(r["test_acc"])
             if r["train_mode_acc"] is not None:
-                line[f"{name} (train)"] = f"{r['train_mode_acc']:.3f}"
+                line[f"{name} (train)"] = accuracy_text(r["train_mode_acc"])
     return list(table.values())
 
 
