@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import html
 import json
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from bnviz.figures import FIGURES, preset_figures
 from bnviz.runlog import RunSnapshot
 
 
+def html_table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """An HTML table of ``columns`` over ``rows`` of cells, escaped (a run's claims, a sweep's rows)."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
 def _table(rows: list[dict]) -> str:
     """Rows of text (bnviz.claims) as an HTML table; nothing without rows."""
-    if not rows:
-        return ""
-    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return html_table(list(rows[0]), [list(r.values()) for r in rows]) if rows else ""
 
 
 def to_html(snap: RunSnapshot, title: str = "bnviz run", note: str | None = None,

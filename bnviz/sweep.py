@@ -482,6 +482,7 @@ def to_html(result: SweepResult, title: str = "bnviz sweep", note: str | None = 
     import html
 
     from bnviz.figures import sweep_figure
+    from bnviz.report import html_table
 
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in result.values)
     labels = labels or {}
@@ -499,9 +500,7 @@ def to_html(result: SweepResult, title: str = "bnviz sweep", note: str | None = 
             for n in result.variants)
         stable = (f"<h2>Stable {esc(result.field)} values</h2><p>Stable: no divergence and final test "
                   f"accuracy &ge; {threshold:g}.</p><ul>{items}</ul>")
-    head = "".join(f"<th>{esc(k)}</th>" for k in ROW_FIELDS)
-    body = "".join("<tr>" + "".join(f"<td>{esc(_cell(r.get(k)))}</td>" for k in ROW_FIELDS) + "</tr>"
-                   for r in result.rows)
+    table = html_table(ROW_FIELDS, ([_cell(r.get(k)) for k in ROW_FIELDS] for r in result.rows))
     incomplete = "" if result.complete else "<p><b>Stopped before the last value.</b></p>"
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
@@ -516,6 +515,6 @@ same test set with the norms in train mode (batch statistics over test chunks of
 for norms that use batch statistics.</p>
 <section>{fig_html}</section>
 {stable}
-<h2>Rows</h2><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<h2>Rows</h2>{table}
 <p>Made with bnviz.</p></body></html>
 """
