@@ -176,9 +176,11 @@ def _run_files(trainer, prefix: str, preset: Preset | None) -> tuple[bytes, byte
     """(CSV, HTML report) of ``trainer``'s run as it stands."""
     snap = trainer.log.snapshot()
     title, extra = (f"bnviz: {preset.name}", preset.figures) if preset else ("bnviz run", ())
-    note = note_for(preset, trainer.comparison) if preset else None  # as the CLI's report of a preset
-    return kept_files(f"{prefix}.dl.files", trainer, (snap.step, trainer.state),
-                      lambda: (to_csv(snap), to_html(snap, title, note, extra)))
+
+    def build() -> tuple[str, str]:  # only when the kept files are stale, not at every script run
+        note = note_for(preset, trainer.comparison) if preset else None  # as the CLI's report of a preset
+        return to_csv(snap), to_html(snap, title, note, extra)
+    return kept_files(f"{prefix}.dl.files", trainer, (snap.step, trainer.state), build)
 
 
 def kept_files(key: str, owner: object, stands: object, build: Callable[[], tuple[str, str]]) -> tuple[bytes, bytes]:
