@@ -266,7 +266,7 @@ def test_a_page_that_runs_a_preset_otherwise_than_its_note_says_so_under_the_not
     assert changed_settings(run_app(ICS)) == []
     assert changed_settings(run_app(ICS, every="25")) == [
         "This run differs from the note: probes every 25 instead of 100 steps."]
-    lab = run_app()  # the live lab: quick-look as its note says, then a change of depth and one of bn's norm
+    lab = run_app()  # the live lab: quick-look as its note says, then with a change of depth
     assert changed_settings(lab) == []
     lab.sidebar.number_input(key="lab.w.depth").set_value(5).run()
     assert changed_settings(lab) == ["This run differs from the note: depth 5 instead of 3."]
