@@ -4,9 +4,10 @@
 #   1. the tests that need CUDA: the fast path on cuBLAS, CPU vs CUDA agreement, CUDA-graph
 #      replays vs eager steps (tests/test_fast_path.py, tests/test_cuda_graphs.py, with
 #      BNVIZ_TEST_DEVICE=cuda);
-#   2. where a step's time goes on the GPU, with and without CUDA graphs (bench/profile_step.py);
-#   3. the bench's GPU rows: engine vs naive loop on cuda, engine on cuda vs on the CPU;
-#   4. paper-fig1 on cuda: 5,000 steps extrapolated, then the whole 2 x 50,000 steps in the time left.
+#   2. the GPU step's candidate speed-ups, kernels alone and in situ (bench/gpu_probes.py);
+#   3. where a step's time goes on the GPU, with and without CUDA graphs (bench/profile_step.py);
+#   4. the bench's GPU rows: engine vs naive loop on cuda, engine on cuda vs on the CPU;
+#   5. paper-fig1 on cuda: 5,000 steps extrapolated, then the whole 2 x 50,000 steps in the time left.
 # Usage, from the repository root:  bash bench/gpu_session.sh [OUTDIR]   (default $OUT, else ./out/gpu)
 # Each step's output lands in OUTDIR/gpu_session.tgz, rewritten after every step (one file, so a
 # device tool that brings back few files brings back everything, also from a session cut short).
@@ -40,6 +41,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep its output
 
 BNVIZ_TEST_DEVICE=cuda TAIL=12 step tests_cuda 240 $py -m pytest -q -p no:cacheprovider tests/test_fast_path.py \
   tests/test_cuda_graphs.py tests/test_norms.py -k "not browser"
+TAIL=16 step gpu_probes 150 $py -m bench.gpu_probes
 step profile_cuda 90 $py -m bench.profile_step --device cuda
 step profile_cuda_eager 90 $py -m bench.profile_step --device cuda --graphs off
 step profile_cuda_off 90 $py -m bench.profile_step --device cuda --probes off

@@ -31,8 +31,8 @@ from bench.run import _fig1, _trainer, interleave, torch_threads
 from bnviz.metrics import PERCENTILES
 
 
-def _preacts(steps: int = 60) -> torch.Tensor:
-    tr = _trainer(_fig1(), probes=True)
+def _preacts(steps: int = 60, device: str = "cpu") -> torch.Tensor:
+    tr = _trainer(_fig1(device=device), probes=True)
     tr._begin()
     try:
         for _ in range(steps):

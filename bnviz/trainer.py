@@ -43,6 +43,10 @@ from bnviz.landscape import ics, smoothness
 from bnviz.probes import ACT_STATS, HIST_EDGES, LayerProbes, weight_stats
 from bnviz.runlog import RunLog
 
+# The stacked step on a GPU (captured as a CUDA graph) under inference_mode too, as on the CPU;
+# bench/gpu_probes.py times it against no_grad on a GPU.
+INFERENCE_MODE_ON_GPU = True
+
 EVAL_CHUNK = 2000  # test examples per forward pass in evaluation
 
 
@@ -271,20 +275,19 @@ class Trainer:
         def compute(batch: torch.Tensor):
             return self._stacked_compute(dataset, batch, hists=bool(due))
 
-        if self._step_graphs is not None:
-            (loss, act, wstats, hists), replayed = self._step_graphs.run(bool(due), compute, idx)
-            if not self._step_graphs.enabled:
-                self.log.add_notice(f"cuda graphs: capture failed ({self._step_graphs.error}); "
-                                    "training on without them (slower, same numbers)")
-                self._step_graphs = None
-        else:
-            # On the CPU under inference_mode rather than the step's no_grad: no autograd
-            # bookkeeping (version counters, view tracking) on its ~150 ops, ~5% of a step
-            # (python -m bench.ab). Its new tensors are inference tensors, read but never
-            # written outside it; in-place updates of the parameters still bump their versions.
-            # The GPU keeps no_grad: its captured graphs are not yet checked under inference_mode.
-            with torch.inference_mode(self.device.type == "cpu"):
+        # Under inference_mode rather than the step's no_grad: no autograd bookkeeping (version
+        # counters, view tracking) on its ~150 ops, ~5% of a CPU step (python -m bench.ab). Its new
+        # tensors, a graph's static ones included, are inference tensors, read but never written
+        # outside it; in-place updates of the parameters still bump their versions.
+        with torch.inference_mode(INFERENCE_MODE_ON_GPU or self.device.type == "cpu"):
+            if self._step_graphs is not None:
+                (loss, act, wstats, hists), replayed = self._step_graphs.run(bool(due), compute, idx)
+            else:
                 (loss, act, wstats, hists), replayed = compute(idx), False
+        if self._step_graphs is not None and not self._step_graphs.enabled:
+            self.log.add_notice(f"cuda graphs: capture failed ({self._step_graphs.error}); "
+                                "training on without them (slower, same numbers)")
+            self._step_graphs = None
         for j in due:  # a replay's outputs are overwritten by the next one: keep a copy
             self._hists[vs[j].name].append((step, hists[:, j].clone() if replayed else hists[:, j]))
         if not self.probes:

@@ -57,6 +57,17 @@ def test_probe_kernel_bench_times_both_ways_of_finding_the_percentiles(capsys):
     assert phases["off"]["all"] > 0 and phases["off"]["activation stats"] == 0  # probes off: never called
 
 
+def test_gpu_probe_bench_times_every_way_to_the_percentiles_and_each_gives_the_sorts_values():
+    from bench import gpu_probes
+
+    got = gpu_probes.kernels("cpu", rounds=1, calls=1)  # on the CPU: checks the script, not the GPU's figures
+    assert set(got) == {"layers (6 x 6000)", "units (6 x 60)", "layers and units"}
+    for what, ways in got.items():
+        assert len(ways) >= 2, what
+        for way, r in ways.items():
+            assert r["same values"] and r["us"] > 0, (what, way)
+
+
 def test_rank_drift_ranks_last_steps_percentiles_among_this_steps_values():
     from bench import probe_kernels
 
