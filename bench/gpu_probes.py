@@ -1,21 +1,19 @@
-"""The GPU step's two candidate speed-ups, measured in one run: ``python -m bench.gpu_probes [--device cuda]``.
+"""Ways to the GPU step's percentiles, timed on a GPU: ``python -m bench.gpu_probes [--device cuda]``.
 
-1. **Kernels alone.** The paper-fig1 pair's pre-activations after 60 steps (6 rows of 6,000
-   floats: 3 layers x 2 variants) and the tracked units' values (6 rows of 60). Their
-   percentiles (p15, p50, p85, numpy's 'linear' method) three ways: a full sort then a gather
-   (what a step with histograms does), ``torch.kthvalue`` of each of the 6 ranks (a radix
-   select on a GPU; ``probes.selected_percentiles``), and kthvalue of the 3 lower ranks with
-   each upper rank found by a count and a masked min. On a GPU each is captured in a CUDA
-   graph of ``--calls`` calls and replayed (as the trainer replays its step), so the times
-   are the device's, not the launches'. Each way must give the sort's values bit for bit.
-2. **In situ.** The real lockstep (CUDA graphs on a GPU), probes on, with the stacked step
-   under no_grad or under inference_mode (``trainer.INFERENCE_MODE_ON_GPU``) and with its
-   percentiles sorted or selected (``probes.SELECT_ON_DEVICE``), and probes off; interleaved
-   round by round, wall time per lockstep after a device sync. Prints each median and the
-   ratios to the old engine (no_grad, sort) from the same rounds.
+The paper-fig1 pair's pre-activations after 60 steps (6 rows of 6,000 floats: 3 layers x 2
+variants) and a unit's values (6 rows of 60, the size of the tracked units' rows). Their
+percentiles (p15, p50, p85, numpy's 'linear' method) by: a sort then a gather (what the step
+does); ``torch.kthvalue`` of each of the 6 ranks (a radix select per rank on a GPU); kthvalue
+of the 3 lower ranks with each upper rank found by a count and a masked min; one 1-D sort of
+int64 keys (row number, then the value's bits in order); and both tables at once by one sort
+with the units' rows padded to the layers' length. On a GPU each way is captured in a CUDA
+graph of ``--calls`` calls and replayed, as the trainer replays its step, so the times are the
+device's, not the launches'. Each way must give the sort's values bit for bit.
 
-On the CPU (``--device cpu``) it runs the same code, to check the script; its CPU figures
-say nothing about the GPU (the CPU path sorts and selects in numpy).
+The same script at 495e329 also timed the whole lockstep with the selection and with the step
+under inference_mode on the GPU (docs/PERFORMANCE.md: 0.82x and 1.005x). On the CPU
+(``--device cpu``) it runs the same code, to check the script; its CPU figures say nothing
+about the GPU (the CPU path sorts and selects in numpy).
 """
 
 from __future__ import annotations
@@ -32,11 +30,23 @@ import numpy as np
 import torch
 
 from bench.probe_kernels import _preacts
-from bench.run import _fig1, _sync_for, _trainer, interleave, torch_threads
+from bench.run import _sync_for, interleave, torch_threads
 from bnviz import probes as probes_mod
-from bnviz import trainer as trainer_mod
 from bnviz.metrics import PERCENTILES
 from bnviz.row_stats import linear_ranks
+
+
+def selected_percentiles(n: int, qs: tuple[float, ...], device: torch.device, dtype: torch.dtype):
+    """Percentiles of rows of n values by ``kthvalue`` of each rank they need, not a sort."""
+    lo, hi, frac = linear_ranks(n, qs)
+    ranks, k = [int(r) + 1 for r in np.concatenate([lo, hi])], len(qs)
+    frac_t = torch.as_tensor(frac, device=device, dtype=dtype)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        ab = torch.stack([x.kthvalue(r, dim=-1).values for r in ranks], dim=-1)
+        a, b = ab[..., :k], ab[..., k:]
+        return a + (b - a) * frac_t
+    return fn
 
 
 def count_percentiles(n: int, qs: tuple[float, ...], device: torch.device, dtype: torch.dtype):
@@ -117,6 +127,15 @@ def _timed(fn, device: torch.device, calls: int):
     return graph.replay
 
 
+def _compare(loops: dict, same: dict, dev: torch.device, rounds: int, calls: int) -> dict:
+    """Median us per call of each timed way, its speed-up on the first (from the same rounds), its check."""
+    wall, _ = interleave(loops, chunk=1, rounds=rounds, warmup=1, sync=_sync_for(dev))
+    us = {k: [t * 1e6 / calls for t in v] for k, v in wall.items()}
+    base = next(iter(us.values()))
+    return {k: {"us": statistics.median(v), "vs sort": statistics.median(b / t for b, t in zip(base, v)),
+                "same values": same[k]} for k, v in us.items()}
+
+
 def kernels(device: str, rounds: int, calls: int) -> dict:
     dev = torch.device(device)
     pre = _preacts(device=device)
@@ -126,8 +145,8 @@ def kernels(device: str, rounds: int, calls: int) -> dict:
     out: dict = {}
     for what, x in (("layers (6 x 6000)", rows), ("units (6 x 60)", units)):
         ways = {
-            "sort + gather": lambda x: probes_mod.sorted_percentiles(x.sort(dim=-1).values, qs),
-            "kthvalue x6": lambda x: probes_mod.selected_percentiles(x, qs),
+            "sort + gather": lambda x: by_sort(x, qs),
+            "kthvalue x6": selected_percentiles(x.shape[-1], qs, dev, x.dtype),
             "kthvalue x3 + count": count_percentiles(x.shape[-1], qs, dev, x.dtype),
             "int64 keys, 1-D sort": keyed_percentiles(*x.shape, qs, dev),
         }
@@ -139,72 +158,26 @@ def kernels(device: str, rounds: int, calls: int) -> dict:
                 loops[k] = _timed(lambda f=f: f(x), dev, calls)
             except Exception as exc:  # a way a graph cannot hold: say so, time the others
                 print(f"  {what} {k}: not captured ({type(exc).__name__}: {str(exc)[:120]})")
-        wall, _ = interleave(loops, chunk=1, rounds=rounds, warmup=1, sync=_sync_for(dev))
-        us = {k: [t * 1e6 / calls for t in v] for k, v in wall.items()}
-        base = us["sort + gather"]
-        out[what] = {k: {"us": statistics.median(v), "vs sort": statistics.median(b / t for b, t in zip(base, v)),
-                         "same values": same[k]} for k, v in us.items()}
-    # the two tables as a step computes them (two sorts) against one sort of both
+        out[what] = _compare(loops, same, dev, rounds, calls)
+    # both tables as a step computes them (two sorts) against one sort of both
     pair = padded_pair(rows, units, qs)
-    want = torch.cat([ways_sorted(rows, qs), ways_sorted(units, qs)])
-    loops = {"two sorts": _timed(lambda: (ways_sorted(rows, qs), ways_sorted(units, qs)), dev, calls),
+    same = {"two sorts": True,
+            "one padded sort": torch.equal(pair(), torch.cat([by_sort(rows, qs), by_sort(units, qs)]))}
+    loops = {"two sorts": _timed(lambda: (by_sort(rows, qs), by_sort(units, qs)), dev, calls),
              "one padded sort": _timed(pair, dev, calls)}
-    wall, _ = interleave(loops, chunk=1, rounds=rounds, warmup=1, sync=_sync_for(dev))
-    us = {k: [t * 1e6 / calls for t in v] for k, v in wall.items()}
-    out["layers and units"] = {
-        k: {"us": statistics.median(v), "vs sort": statistics.median(b / t for b, t in zip(us["two sorts"], v)),
-            "same values": bool(torch.equal(pair(), want)) if k != "two sorts" else True} for k, v in us.items()}
+    out["layers and units"] = _compare(loops, same, dev, rounds, calls)
     return out
 
 
-def ways_sorted(x: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
+def by_sort(x: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
     return probes_mod.sorted_percentiles(x.sort(dim=-1).values, qs)
-
-
-# (inference_mode, select) of each engine; "old" is the engine before both candidates
-ENGINES = {"old (no_grad, sort)": (False, False), "inference_mode": (True, False),
-           "select": (False, True), "both": (True, True)}
-
-
-def in_situ(device: str, rounds: int, steps: int) -> dict:
-    def stepper(tr, inference: bool, select: bool):
-        def step():  # the switches are read when the step is (re)captured: set them before each
-            trainer_mod.INFERENCE_MODE_ON_GPU, probes_mod.SELECT_ON_DEVICE = inference, select
-            tr._step_all()
-        return step
-
-    trainers, loops = [], {}
-    for name, (inference, select) in ENGINES.items():
-        tr = _trainer(_fig1(device=device))
-        tr._begin()
-        trainers.append(tr)
-        loops[name] = stepper(tr, inference, select)
-    for inference in (False, True):
-        tr = _trainer(_fig1(device=device), probes=False)
-        tr._begin()
-        trainers.append(tr)
-        loops[f"probes off, {'inference_mode' if inference else 'no_grad'}"] = stepper(tr, inference, False)
-    try:
-        wall, _ = interleave(loops, chunk=steps, rounds=rounds, warmup=30, sync=_sync_for(trainers[0].device))
-    finally:
-        for tr in trainers:
-            tr._end("stopped")
-        trainer_mod.INFERENCE_MODE_ON_GPU, probes_mod.SELECT_ON_DEVICE = True, True
-    old = wall["old (no_grad, sort)"]
-    graphs = {name: tr.graphs for name, tr in zip(loops, trainers)}
-    if len(set(graphs.values())) > 1:
-        print(f"  CUDA graphs not used by all engines: {graphs}")
-    return {"graphs": trainers[0].graphs,
-            **{k: {"us": statistics.median(v) * 1e6, "speed-up vs old": statistics.median(o / t for o, t in zip(old, v))}
-               for k, v in wall.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.gpu_probes", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("--rounds", type=int, default=15)
-    p.add_argument("--calls", type=int, default=50, help="kernel calls per timed graph (part 1)")
-    p.add_argument("--steps", type=int, default=50, help="locksteps per engine per round (part 2)")
+    p.add_argument("--calls", type=int, default=50, help="calls per timed graph")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("bench.gpu_probes: --device cuda: no CUDA GPU here (use --device cpu to check the script)",
@@ -212,7 +185,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with torch_threads(1):
         k = kernels(args.device, args.rounds, args.calls)
-        s = in_situ(args.device, args.rounds, args.steps)
     name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
     print(f"percentiles p15/p50/p85 alone, {name}, median us per call of {args.rounds} rounds"
           f"{', each a graph of %d calls' % args.calls if args.device == 'cuda' else ''}:")
@@ -220,10 +192,6 @@ def main(argv: list[str] | None = None) -> int:
         for way, r in ways.items():
             print(f"  {what:18s} {way:22s} {r['us']:8.2f} us   {r['vs sort']:.2f}x vs sort   "
                   f"same values: {r['same values']}")
-    print(f"paper-fig1 lockstep in situ, {name}, CUDA graphs {'on' if s.pop('graphs') else 'off'}, "
-          f"wall us per lockstep, {args.rounds} rounds x {args.steps} steps:")
-    for way, r in s.items():
-        print(f"  {way:34s} {r['us']:8.1f} us   {r['speed-up vs old']:.3f}x vs old")
     return 0
 
 

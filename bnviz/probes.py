@@ -107,22 +107,6 @@ def sorted_percentiles(s: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
     return a + (b - a) * frac
 
 
-# Off the CPU, a step without histograms selects the few ranks its percentiles need
-# (torch.kthvalue: a radix select per rank on a GPU) instead of sorting each 6,000-value row.
-# The values are the same; bench/gpu_probes.py times both on a GPU.
-SELECT_ON_DEVICE = False
-
-
-def selected_percentiles(x: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
-    """``percentiles(x, qs)`` by selecting each needed rank (``kthvalue``) rather than sorting the rows."""
-    _, k, frac = _interp(math.prod(x.shape[:-1]), x.shape[-1], qs, x.device, x.dtype)
-    lo, hi, _ = linear_ranks(x.shape[-1], qs)
-    x = x.detach()
-    ab = torch.stack([x.kthvalue(int(r) + 1, dim=-1).values for r in np.concatenate([lo, hi])], dim=-1)
-    a, b = ab[..., :k], ab[..., k:]
-    return a + (b - a) * frac
-
-
 def percentiles(x: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
     """Percentiles along the last dim, numpy's default ('linear') method. (..., n) -> (..., len(qs))."""
     return sorted_percentiles(sort_rows(x), qs)
@@ -256,10 +240,9 @@ class LayerProbes:
             return self._activation_stats_numpy(rows, unit, sort)
         if rows is not None:
             mean, std = moments(rows)
-            if sort or not SELECT_ON_DEVICE:
-                layer_q = sorted_percentiles(self._layers_sorted(rows, inplace=self._consumable), qs)  # (L, 3)
-            else:
-                layer_q = selected_percentiles(rows, qs)
+            # sorted even without histograms: on a GPU a sort and a gather take half the time of a
+            # selection of each rank (bench/gpu_probes.py)
+            layer_q = sorted_percentiles(self._layers_sorted(rows, inplace=self._consumable), qs)  # (L, 3)
         else:
             layer_q = torch.stack([sorted_percentiles(t, qs) for t in self._layers_sorted(rows)])
             ms = [moments(t) for t in self._flat_layers()]

@@ -43,10 +43,6 @@ from bnviz.landscape import ics, smoothness
 from bnviz.probes import ACT_STATS, HIST_EDGES, LayerProbes, weight_stats
 from bnviz.runlog import RunLog
 
-# The stacked step on a GPU (captured as a CUDA graph) under inference_mode too, as on the CPU;
-# bench/gpu_probes.py times it against no_grad on a GPU.
-INFERENCE_MODE_ON_GPU = True
-
 EVAL_CHUNK = 2000  # test examples per forward pass in evaluation
 
 
@@ -276,10 +272,11 @@ class Trainer:
             return self._stacked_compute(dataset, batch, hists=bool(due))
 
         # Under inference_mode rather than the step's no_grad: no autograd bookkeeping (version
-        # counters, view tracking) on its ~150 ops, ~5% of a CPU step (python -m bench.ab). Its new
-        # tensors, a graph's static ones included, are inference tensors, read but never written
-        # outside it; in-place updates of the parameters still bump their versions.
-        with torch.inference_mode(INFERENCE_MODE_ON_GPU or self.device.type == "cpu"):
+        # counters, view tracking) on its ~150 ops, ~5% of a CPU step (python -m bench.ab; on a GPU,
+        # whose replayed graph is bound by the device, 1.005x). Its new tensors, a graph's static
+        # ones included, are inference tensors, read but never written outside it; in-place updates
+        # of the parameters still bump their versions.
+        with torch.inference_mode():
             if self._step_graphs is not None:
                 (loss, act, wstats, hists), replayed = self._step_graphs.run(bool(due), compute, idx)
             else:

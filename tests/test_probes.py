@@ -87,33 +87,6 @@ def test_percentiles_on_the_gpu_path_equal_the_cpu_path_bit_for_bit(monkeypatch)
     probes_module._INTERP.clear()
 
 
-def test_percentiles_by_selection_equal_those_by_sort_with_ties_infinities_and_nan():
-    """The GPU's step without histograms selects each rank (kthvalue) instead of sorting: same numbers."""
-    g = torch.Generator().manual_seed(4)
-    x = torch.randn(5, 6000, generator=g)
-    x[0, :10] = float("nan")
-    x[1, :5] = float("inf")
-    x[2] = x[2].round()  # ties
-    x[3, :3000] = -float("inf")
-    for rows in (x, x[:, :60], x[:, :2], x[:, :1]):
-        torch.testing.assert_close(probes_module.selected_percentiles(rows, PERCENTILES),
-                                   percentiles(rows, PERCENTILES), rtol=0, atol=0, equal_nan=True)
-
-
-def test_activation_stats_on_the_gpu_path_are_the_same_sorting_or_selecting(monkeypatch):
-    g = torch.Generator().manual_seed(5)
-    z = torch.randn(6, 60, 100, generator=g)
-    monkeypatch.setattr(probes_module, "on_numpy", lambda device, dtype: False)
-    probes_module._INTERP.clear()
-    got = {}
-    for sort in (True, False):
-        probes = LayerProbes([], [0, 3, 5, 7, 9, 99])
-        probes.observe(z.clone(), consumable=True)
-        got[sort] = probes.activation_stats(sort=sort)
-    probes_module._INTERP.clear()
-    assert torch.equal(got[True], got[False])
-
-
 def test_tracked_units_of_observed_layers_follow_a_change_of_batch_size():
     """The cached gather positions of the tracked units are rebuilt when the shape changes."""
     g = torch.Generator().manual_seed(4)
