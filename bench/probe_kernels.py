@@ -81,7 +81,7 @@ def measure(rounds: int = 15, calls: int = 100) -> dict[str, float]:
 def rank_drift(steps: int = 300) -> dict[str, float]:
     """Ranks (of 6,000) that each of the six rows' three percentiles moves between consecutive steps."""
     with torch_threads(1):
-        tr = _trainer(_fig1(), probes=True)
+        tr = _trainer(_fig1(device="cpu"), probes=True)
         tr._begin()
         try:
             moves, last = [], None
@@ -110,7 +110,7 @@ def in_situ(rounds: int = 20, steps: int = 50) -> dict[str, dict[str, float]]:
     with torch_threads(1):
         try:
             for tag in spent:
-                tr = _trainer(_fig1(), probes=tag == "on")
+                tr = _trainer(_fig1(device="cpu"), probes=tag == "on")
                 tr._begin()
                 for _ in range(30):
                     tr._step_all()
