@@ -458,15 +458,18 @@ _LAYOUT = f"""() => [window.innerWidth,
 def settle_layout(page: Page) -> None:
     """Wait until the page is laid out at its viewport's width: every chart drawn at its
     container's width, and no width changing over 0.3 s. Checked at once, a new viewport's checks
-    saw the old layout (plotly redraws a chart at its new width a moment later) and passed."""
+    saw the old layout (plotly redraws a chart at its new width a moment later) and passed. At
+    least one chart must be drawn: right after a run ends plotly may not have drawn any yet (seen
+    at a phone's width), and every check passed on an empty page."""
     last: list = [None]
 
     def read() -> tuple[list, bool]:
         now = page.evaluate(_LAYOUT)
         steady, last[0] = now == last[0], now
         return now, steady
-    poll(read, lambda v: v[1] and v[0][0] == page.viewport_size["width"] and all(abs(a - b) <= 1 for a, b in v[0][1]),
-         20, "every chart drawn at its container's width and no width changing", interval=0.3)
+    poll(read, lambda v: v[1] and v[0][0] == page.viewport_size["width"] and len(v[0][1]) > 0
+         and all(abs(a - b) <= 1 for a, b in v[0][1]),
+         20, "a chart drawn, every chart drawn at its container's width and no width changing", interval=0.3)
 
 
 def assert_labels_fit(page: Page) -> None:
@@ -484,6 +487,7 @@ def assert_labels_fit(page: Page) -> None:
 
 
 NARROW_VIEWPORT = {"width": 1024, "height": 768}  # a classroom projector (XGA), with the sidebar open
+PHONE_VIEWPORT = {"width": 390, "height": 844}  # a phone held upright: Streamlit hides the sidebar, stacks columns
 
 
 def assert_labels_fit_narrow(page: Page) -> None:

@@ -31,6 +31,7 @@ pytest.register_assert_rewrite("tests.browser_support")
 from bnviz.figures import FIGURES, MAX_POINTS
 from bnviz.presets import PRESETS
 from tests.browser_support import (
+    PHONE_VIEWPORT,
     UI_TIMEOUT_MS,
     alerts,
     assert_labels_fit,
@@ -61,6 +62,7 @@ from tests.browser_support import (
     wait_idle,
     wait_progress,
 )
+from ui.common import CHART_BOX, CHART_MIN_WIDTH_PX
 
 # The fixtures (app_server, browser, context, page) live in tests/browser_support.py.
 pytest_plugins = ("tests.browser_support",)
@@ -393,6 +395,27 @@ def test_a_finished_runs_charts_fit_a_projector(app_server, page, query):
     assert exceptions(page) == 0
     assert_labels_fit(page)
     assert_labels_fit_narrow(page)
+
+
+def test_on_a_phone_each_chart_keeps_a_tablets_width_and_scrolls_sideways_in_its_own_box(app_server, page):
+    """At 390 px Figure 1's three panel titles ran into each other and every chart's ticks
+    crowded ~360 px. Each chart is now CHART_MIN_WIDTH_PX wide in a box that scrolls, and the
+    page itself does not scroll sideways: its text still wraps to the screen."""
+    page.set_viewport_size(PHONE_VIEWPORT)
+    open_app(page, app_server, "preset=quick-look&steps=100")
+    button(page, "Start").click()
+    end = wait_progress(page, lambda p: p.state in ("finished", "failed", "stopped"), "the run to end", timeout=120)
+    assert (end.step, end.state) == (100, "finished"), end.text
+    assert exceptions(page) == 0
+    assert_labels_fit(page)
+    boxes = page.evaluate("""() => Array.from(document.querySelectorAll("[class*='st-key-CHART_BOX']"))
+        .filter(b => b.querySelector('.js-plotly-plot'))
+        .map(b => [b.querySelector('.js-plotly-plot')._fullLayout.width, b.parentElement.clientWidth,
+                   b.parentElement.scrollWidth])""".replace("CHART_BOX", CHART_BOX))
+    assert len(boxes) >= len(FIGURES), boxes  # and the preset's own figure
+    for drawn, seen, scrolls in boxes:
+        assert drawn >= CHART_MIN_WIDTH_PX and seen < PHONE_VIEWPORT["width"] and scrolls >= CHART_MIN_WIDTH_PX
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= PHONE_VIEWPORT["width"]
 
 
 def test_depth_growth_draws_a_diverged_twenty_layer_net_readably(app_server, page):

@@ -130,9 +130,31 @@ def _guard(action, prefix: str) -> None:
         st.session_state[f"{prefix}.action_error"] = str(exc)
 
 
+# On a phone a chart's panels (three layers side by side, a row per variant) squeezed into
+# ~360 px: titles ran into each other, ticks overlapped. Below 640 px of screen (where
+# Streamlit stacks columns) each chart is drawn CHART_MIN_WIDTH_PX wide, as on a tablet, and
+# scrolls sideways in its own box while the text around it still wraps to the screen.
+# Streamlit sizes a chart to its container, so the width goes on the keyed container that
+# ``show`` puts around each chart (class "st-key-" + its key).
+CHART_BOX = "chart-box-"
+CHART_MIN_WIDTH_PX = 680
+_PAGE_CSS = f"""<style>
+@media (max-width: 640px) {{
+  div:has(> [class*="st-key-{CHART_BOX}"]) {{ overflow-x: auto; }}
+  [class*="st-key-{CHART_BOX}"] {{ min-width: {CHART_MIN_WIDTH_PX}px; }}
+}}
+</style>"""
+
+
+def page_style() -> None:
+    """The app's own CSS, once per script run (style-only HTML takes no room on the page)."""
+    st.html(_PAGE_CSS)
+
+
 def show(fig, key: str) -> None:
     """A chart as every page draws one: full width, no plotly logo in its toolbar."""
-    st.plotly_chart(fig, key=key, width="stretch", config={"displaylogo": False})
+    with st.container(key=f"{CHART_BOX}{key}"):  # the box that scrolls on a phone (page_style)
+        st.plotly_chart(fig, key=key, width="stretch", config={"displaylogo": False})
 
 
 def chart(build: Callable[[RunSnapshot], object], snap: RunSnapshot, key: str) -> None:

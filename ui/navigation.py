@@ -17,6 +17,7 @@ import threading
 import streamlit as st
 
 from ui import lab
+from ui.common import page_style
 
 # (script or function, title, icon); st.Page derives each address from the file name,
 # e.g. /Paper_Figure_1, so a page's address survives a change of its title.
@@ -43,6 +44,7 @@ def _navigation() -> st.Page:
 def run() -> None:
     """What app.py does: the app's layout and sidebar, then the page the address names."""
     st.set_page_config(page_title="bnviz", page_icon="📈", layout="wide")
+    page_style()
     page = _navigation()
     _run.through_app = True
     try:
