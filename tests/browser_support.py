@@ -176,6 +176,30 @@ def page(context: BrowserContext, request) -> Iterator[Page]:
             print(f"no screenshot of the failed page: {exc}")
 
 
+@pytest.fixture
+def phone(browser: Browser) -> Iterator[Page]:
+    """A page on a phone held upright: PHONE_VIEWPORT and a touch screen (CSS pointer: coarse)."""
+    ctx = browser.new_context(viewport=PHONE_VIEWPORT, has_touch=True, is_mobile=True)
+    ctx.set_default_timeout(UI_TIMEOUT_MS)
+    ctx.add_init_script(COUNT_RUN_ENDS)
+    yield ctx.new_page()
+    ctx.close()
+
+
+def swipe(page: Page, locator: Locator, dx: float, dy: float) -> None:
+    """A finger's swipe from the middle of ``locator`` by (dx, dy) px, as a touch screen sends it."""
+    box = locator.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x, "y": y}]})
+    for i in range(1, 11):
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchMove",
+                                              "touchPoints": [{"x": x + dx * i / 10, "y": y + dy * i / 10}]})
+        time.sleep(0.03)
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    cdp.detach()
+
+
 # page helpers ----------------------------------------------------------------------------------
 def screenshot(page: Page, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)

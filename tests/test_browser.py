@@ -57,6 +57,7 @@ from tests.browser_support import (
     screenshot,
     select_in,
     set_speed,
+    swipe,
     slider_value,
     variant_norm,
     wait_idle,
@@ -397,11 +398,12 @@ def test_a_finished_runs_charts_fit_a_projector(app_server, page, query):
     assert_labels_fit_narrow(page)
 
 
-def test_on_a_phone_each_chart_keeps_a_tablets_width_and_scrolls_sideways_in_its_own_box(app_server, page):
+def test_on_a_phone_each_chart_keeps_a_tablets_width_and_a_swipe_on_it_scrolls(app_server, phone):
     """At 390 px Figure 1's three panel titles ran into each other and every chart's ticks
     crowded ~360 px. Each chart is now CHART_MIN_WIDTH_PX wide in a box that scrolls, and the
-    page itself does not scroll sideways: its text still wraps to the screen."""
-    page.set_viewport_size(PHONE_VIEWPORT)
+    page itself does not scroll sideways: its text still wraps to the screen. On a touch screen
+    plotly took a swipe on a chart for a zoom, and the page did not move under the finger."""
+    page = phone
     open_app(page, app_server, "preset=quick-look&steps=100")
     button(page, "Start").click()
     end = wait_progress(page, lambda p: p.state in ("finished", "failed", "stopped"), "the run to end", timeout=120)
@@ -416,6 +418,17 @@ def test_on_a_phone_each_chart_keeps_a_tablets_width_and_scrolls_sideways_in_its
     for drawn, seen, scrolls in boxes:
         assert drawn >= CHART_MIN_WIDTH_PX and seen < PHONE_VIEWPORT["width"] and scrolls >= CHART_MIN_WIDTH_PX
     assert page.evaluate("() => document.documentElement.scrollWidth") <= PHONE_VIEWPORT["width"]
+    # A swipe up on a chart's plot area scrolls the page; one to the left scrolls the chart's box.
+    box = page.locator(f"[class*='st-key-{CHART_BOX}lab-chart-loss_accuracy']")
+    box.scroll_into_view_if_needed()
+    plot = box.locator(".nsewdrag").first
+    main = "document.querySelector(\"[data-testid='stMain']\")"
+    top = page.evaluate(f"() => {main}.scrollTop")
+    swipe(page, plot, 0, -250)
+    poll(lambda: page.evaluate(f"() => {main}.scrollTop"), lambda t: t > top + 100, 5, "the page to scroll up")
+    box.scroll_into_view_if_needed()
+    swipe(page, plot, -200, 0)
+    poll(lambda: box.evaluate("b => b.parentElement.scrollLeft"), lambda x: x > 100, 5, "the chart's box to scroll")
 
 
 def test_depth_growth_draws_a_diverged_twenty_layer_net_readably(app_server, page):

@@ -138,10 +138,17 @@ def _guard(action, prefix: str) -> None:
 # ``show`` puts around each chart (class "st-key-" + its key).
 CHART_BOX = "chart-box-"
 CHART_MIN_WIDTH_PX = 680
+# On a touch screen plotly's drag layer takes every swipe that starts on a plot (to zoom it),
+# and charts cover most of a phone's screen: the page would not scroll under a finger on one.
+# There swipes go through to the page (no drag-zoom or tap-hover on a touch screen; a mouse
+# or a trackpad keeps both).
 _PAGE_CSS = f"""<style>
 @media (max-width: 640px) {{
   div:has(> [class*="st-key-{CHART_BOX}"]) {{ overflow-x: auto; }}
   [class*="st-key-{CHART_BOX}"] {{ min-width: {CHART_MIN_WIDTH_PX}px; }}
+}}
+@media (pointer: coarse) {{
+  .js-plotly-plot .draglayer, .js-plotly-plot .draglayer * {{ pointer-events: none !important; }}
 }}
 </style>"""
 
