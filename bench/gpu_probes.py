@@ -36,16 +36,21 @@ from bnviz.metrics import PERCENTILES
 from bnviz.row_stats import linear_ranks
 
 
+def _lerp(ab: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
+    """numpy's 'linear' percentiles from each row's lower ranks' values then its upper ranks' (..., 2k)."""
+    k = frac.shape[-1]
+    a, b = ab[..., :k], ab[..., k:]
+    return a + (b - a) * frac
+
+
 def selected_percentiles(n: int, qs: tuple[float, ...], device: torch.device, dtype: torch.dtype):
     """Percentiles of rows of n values by ``kthvalue`` of each rank they need, not a sort."""
     lo, hi, frac = linear_ranks(n, qs)
-    ranks, k = [int(r) + 1 for r in np.concatenate([lo, hi])], len(qs)
+    ranks = [int(r) + 1 for r in np.concatenate([lo, hi])]
     frac_t = torch.as_tensor(frac, device=device, dtype=dtype)
 
     def fn(x: torch.Tensor) -> torch.Tensor:
-        ab = torch.stack([x.kthvalue(r, dim=-1).values for r in ranks], dim=-1)
-        a, b = ab[..., :k], ab[..., k:]
-        return a + (b - a) * frac_t
+        return _lerp(torch.stack([x.kthvalue(r, dim=-1).values for r in ranks], dim=-1), frac_t)
     return fn
 
 
@@ -63,8 +68,7 @@ def count_percentiles(n: int, qs: tuple[float, ...], device: torch.device, dtype
         above = x.unsqueeze(-2) > a.unsqueeze(-1)  # (R, k, n)
         at_most = n - above.sum(-1)
         nxt = torch.where(above, x.unsqueeze(-2), torch.full_like(x[..., :1, None], float("inf"))).amin(-1)
-        b = torch.where(at_most >= need, a, nxt)
-        return a + (b - a) * frac_t
+        return _lerp(torch.cat([a, torch.where(at_most >= need, a, nxt)], dim=-1), frac_t)
     return fn
 
 
@@ -77,7 +81,6 @@ def keyed_percentiles(rows: int, n: int, qs: tuple[float, ...], device: torch.de
     index = (torch.arange(rows)[:, None] * n + torch.as_tensor(np.concatenate([lo, hi]))).to(device)
     row_ids = (torch.arange(rows, dtype=torch.int64) << 32).to(device)[:, None]
     frac_t = torch.as_tensor(frac, device=device, dtype=torch.float32)
-    k = len(qs)
 
     def ordered(bits: torch.Tensor) -> torch.Tensor:  # its own inverse
         return bits ^ ((bits >> 31) & 0x7FFFFFFF)
@@ -85,9 +88,7 @@ def keyed_percentiles(rows: int, n: int, qs: tuple[float, ...], device: torch.de
     def fn(x: torch.Tensor) -> torch.Tensor:
         keys = ordered(x.contiguous().view(torch.int32)).to(torch.int64) + (2**31) + row_ids
         picked = torch.sort(keys.flatten()).values.take(index)  # (rows, 2k)
-        ab = ordered(((picked & 0xFFFFFFFF) - 2**31).to(torch.int32)).view(torch.float32)
-        a, b = ab[:, :k], ab[:, k:]
-        return a + (b - a) * frac_t
+        return _lerp(ordered(((picked & 0xFFFFFFFF) - 2**31).to(torch.int32)).view(torch.float32), frac_t)
     return fn
 
 
@@ -102,14 +103,11 @@ def padded_pair(layers: torch.Tensor, units: torch.Tensor, qs: tuple[float, ...]
     index = index.to(layers.device)
     frac = torch.as_tensor(np.stack([frac_l] * R + [frac_u] * R), device=layers.device, dtype=layers.dtype)
     buf = torch.full((2 * R, n), float("inf"), device=layers.device, dtype=layers.dtype)
-    k = len(qs)
 
     def fn(_x=None) -> torch.Tensor:
         buf[:R].copy_(layers)
         buf[R:, :m].copy_(units)
-        ab = buf.sort(dim=-1).values.gather(1, index)
-        a, b = ab[:, :k], ab[:, k:]
-        return a + (b - a) * frac
+        return _lerp(buf.sort(dim=-1).values.gather(1, index), frac)
     return fn
 
 

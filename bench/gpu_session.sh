@@ -4,7 +4,7 @@
 #   1. the tests that need CUDA: the fast path on cuBLAS, CPU vs CUDA agreement, CUDA-graph
 #      replays vs eager steps (tests/test_fast_path.py, tests/test_cuda_graphs.py, with
 #      BNVIZ_TEST_DEVICE=cuda);
-#   2. the GPU step's candidate speed-ups, kernels alone and in situ (bench/gpu_probes.py);
+#   2. the ways to the step's percentiles on the GPU, each checked against the sort (bench/gpu_probes.py);
 #   3. where a step's time goes on the GPU, with and without CUDA graphs (bench/profile_step.py);
 #   4. the bench's GPU rows: engine vs naive loop on cuda, engine on cuda vs on the CPU;
 #   5. paper-fig1 on cuda: 5,000 steps extrapolated, then the whole 2 x 50,000 steps in the time left;

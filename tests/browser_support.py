@@ -153,12 +153,19 @@ def browser() -> Iterator[Browser]:
         b.close()
 
 
+def new_context(browser: Browser, **options) -> BrowserContext:
+    """A browser context as every test opens one: ``options`` (Playwright's), the tests' timeout,
+    the count of script runs that ended."""
+    ctx = browser.new_context(**options)
+    ctx.set_default_timeout(UI_TIMEOUT_MS)
+    ctx.add_init_script(COUNT_RUN_ENDS)
+    return ctx
+
+
 @pytest.fixture
 def context(browser: Browser) -> Iterator[BrowserContext]:
     """A fresh browser context per test; closing it ends the Streamlit session (and its worker)."""
-    ctx = browser.new_context(viewport=VIEWPORT)
-    ctx.set_default_timeout(UI_TIMEOUT_MS)
-    ctx.add_init_script(COUNT_RUN_ENDS)
+    ctx = new_context(browser, viewport=VIEWPORT)
     yield ctx
     ctx.close()  # a no-op if the test closed it already
 
@@ -179,9 +186,7 @@ def page(context: BrowserContext, request) -> Iterator[Page]:
 @pytest.fixture
 def phone(browser: Browser) -> Iterator[Page]:
     """A page on a phone held upright: PHONE_VIEWPORT and a touch screen (CSS pointer: coarse)."""
-    ctx = browser.new_context(viewport=PHONE_VIEWPORT, has_touch=True, is_mobile=True)
-    ctx.set_default_timeout(UI_TIMEOUT_MS)
-    ctx.add_init_script(COUNT_RUN_ENDS)
+    ctx = new_context(browser, viewport=PHONE_VIEWPORT, has_touch=True, is_mobile=True)
     yield ctx.new_page()
     ctx.close()
 
